@@ -1,0 +1,97 @@
+//! Configuration: command-line flag > environment variable > default.
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Default database: an SQLite file in the working folder, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://flashsale.db?mode=rwc";
+
+/// Where the data lives; shared by the API and the worker.
+#[derive(Args, Clone, Debug)]
+pub struct DatabaseConfig {
+    /// Database URL: `sqlite://FILE?mode=rwc` (embedded) or `postgres://…` (production).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Most connections this process opens to the database.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+}
+
+/// The business rules both processes apply.
+#[derive(Args, Clone, Debug)]
+pub struct RulesConfig {
+    /// Seconds a hold reserves its stock before it expires.
+    #[arg(long, env = "HOLD_TTL_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub hold_ttl_secs: u64,
+
+    /// Seconds a pending order may wait for its payment before the sweep cancels it.
+    #[arg(long, env = "ORDER_PAYMENT_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub order_payment_ttl_secs: u64,
+
+    /// Largest quantity one hold may reserve.
+    #[arg(long, env = "MAX_QTY_PER_HOLD", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub max_qty_per_hold: i64,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `flashsale-api` configuration.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "flashsale-api", version, about = "flashsale checkout HTTP API")]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub rules: RulesConfig,
+
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:8000")]
+    pub bind: String,
+
+    /// Shared secret(s) for `X-Signature` on the payment webhook, comma-separated to allow
+    /// rotation. Unset: webhooks are accepted unsigned (development only).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Bearer token for `/api/admin/*`. Unset: the admin API refuses every request.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Create a demo product at start when the database has no product yet.
+    #[arg(long, env = "DEMO")]
+    pub demo: bool,
+}
+
+impl Config {
+    /// Webhook secrets, in the order given; empty when signatures are off.
+    pub fn webhook_secrets(&self) -> Vec<String> {
+        self.webhook_secret
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Installs the global `tracing` subscriber (`RUST_LOG` filters, default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

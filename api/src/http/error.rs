@@ -1,0 +1,187 @@
+//! Every error the HTTP API sends: `{code, message}` with the matching status.
+//! `From<Error>` below is the whole mapping from domain errors to HTTP.
+
+use poem::{Response, http::StatusCode};
+use poem_openapi::{ApiResponse, Object, payload::Json};
+use serde::Serialize;
+
+use crate::Error;
+
+/// The body of every error response.
+#[derive(Clone, Debug, Object, Serialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, such as `insufficient_stock`.
+    pub code: String,
+    /// A sentence for humans; it may change between versions.
+    pub message: String,
+}
+
+/// An error response.
+#[derive(Clone, Debug, ApiResponse)]
+pub enum ApiError {
+    /// Malformed JSON (`invalid_json`) or a parameter that does not parse (`invalid_parameter`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Missing or wrong credentials (`unauthorized`, `invalid_signature`).
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// The resource does not exist (`product_not_found`, `hold_not_found`, `order_not_found`).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The request conflicts with the current state (`insufficient_stock`, `hold_expired`,
+    /// `idempotency_key_reused`).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The body is over 64 KiB (`payload_too_large`).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// A field is missing, has the wrong type or is out of range (`validation_error`).
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// An unexpected failure (`internal_error`).
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// The database cannot be reached (`database_unavailable`).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        code: code.to_owned(),
+        message: message.into(),
+    })
+}
+
+impl ApiError {
+    pub fn invalid_json(message: impl Into<String>) -> Self {
+        Self::BadRequest(body("invalid_json", message))
+    }
+
+    pub fn payload_too_large() -> Self {
+        Self::PayloadTooLarge(body(
+            "payload_too_large",
+            format!("request body exceeds {} bytes", super::body::MAX_BODY_BYTES),
+        ))
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let b = body(e.code(), e.to_string());
+        match e {
+            Error::ProductNotFound(_) | Error::HoldNotFound(_) | Error::OrderNotFound(_) => {
+                Self::NotFound(b)
+            }
+            Error::InsufficientStock { .. }
+            | Error::HoldExpired(_)
+            | Error::IdempotencyKeyReused => Self::Conflict(b),
+            Error::Validation { .. } => Self::Unprocessable(b),
+            Error::Unauthorized | Error::InvalidSignature(_) => Self::Unauthorized(b),
+            Error::Database(db) => {
+                tracing::error!(error = %db, details = ?db, "database error");
+                match db {
+                    sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
+                        Self::Unavailable(body(
+                            "database_unavailable",
+                            "the database is unavailable; retry later",
+                        ))
+                    }
+                    _ => Self::Internal(body("internal_error", "internal error")),
+                }
+            }
+        }
+    }
+}
+
+/// An [`ApiError`] raised by an extractor, before a handler runs.
+#[derive(Debug, thiserror::Error)]
+#[error("request rejected: {0:?}")]
+pub struct Rejection(pub ApiError);
+
+impl poem::error::ResponseError for Rejection {
+    fn status(&self) -> StatusCode {
+        self.0.clone().into_response().status()
+    }
+
+    fn as_response(&self) -> Response {
+        poem::IntoResponse::into_response(self.0.clone())
+    }
+}
+
+/// A JSON error response outside the typed API (unknown routes, extractor failures).
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let json = serde_json::to_string(&ErrorBody {
+        code: code.to_owned(),
+        message: message.into(),
+    })
+    .expect("serialisable");
+    Response::builder()
+        .status(status)
+        .content_type("application/json; charset=utf-8")
+        .body(json)
+}
+
+/// Turns any error that reached the top into a `{code, message}` response.
+pub async fn catch_all(err: poem::Error) -> Response {
+    use poem::error::{MethodNotAllowedError, NotFoundError};
+    use poem_openapi::error::{
+        AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
+        ParseRequestPayloadError,
+    };
+    // Our own errors already carry their `{code, message}` response.
+    if err.is::<Rejection>() || err.is_from_response() {
+        return err.into_response();
+    }
+    let message = err.to_string();
+    if err.is::<ParsePathError>() {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "the id in the path must be an integer",
+        );
+    }
+    if err.is::<ParseParamError>() {
+        return error_response(StatusCode::BAD_REQUEST, "invalid_parameter", message);
+    }
+    if err.is::<ParseRequestPayloadError>() {
+        return error_response(StatusCode::BAD_REQUEST, "invalid_json", message);
+    }
+    if err.is::<ContentTypeError>() {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        );
+    }
+    if err.is::<AuthorizationError>() {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin token",
+        );
+    }
+    if err.is::<NotFoundError>() {
+        return error_response(StatusCode::NOT_FOUND, "not_found", "no such route");
+    }
+    if err.is::<MethodNotAllowedError>() {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        );
+    }
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::error!(error = %message, "unhandled error");
+        return error_response(status, "internal_error", "internal error");
+    }
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace([' ', '-'], "_");
+    error_response(status, &code, message)
+}
+
+use poem::IntoResponse as _;

@@ -1,0 +1,117 @@
+//! `POST /api/holds` and `GET /api/holds/{id}`.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Header, Path},
+    payload::Json,
+};
+use serde::Deserialize;
+
+use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed};
+use crate::service::{holds::HoldView, to_datetime};
+
+/// Lifecycle of a hold.
+#[derive(Debug, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum HoldStatus {
+    Active,
+    Ordered,
+    Expired,
+}
+
+impl From<entity::hold::HoldStatus> for HoldStatus {
+    fn from(s: entity::hold::HoldStatus) -> Self {
+        match s {
+            entity::hold::HoldStatus::Active => Self::Active,
+            entity::hold::HoldStatus::Ordered => Self::Ordered,
+            entity::hold::HoldStatus::Expired => Self::Expired,
+        }
+    }
+}
+
+/// A reservation of stock until `expires_at`.
+#[derive(Debug, Object)]
+pub struct Hold {
+    pub hold_id: i64,
+    pub product_id: i64,
+    pub qty: i64,
+    pub status: HoldStatus,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl From<HoldView> for Hold {
+    fn from(h: HoldView) -> Self {
+        Self {
+            hold_id: h.id,
+            product_id: h.product_id,
+            qty: h.qty,
+            status: h.status.into(),
+            expires_at: to_datetime(h.expires_at_ms),
+        }
+    }
+}
+
+/// A request to reserve stock.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CreateHold {
+    pub product_id: i64,
+    /// 1 to `MAX_QTY_PER_HOLD` (10 by default).
+    pub qty: i64,
+}
+
+#[derive(ApiResponse)]
+pub enum CreateHoldResponse {
+    /// The hold. With `Idempotent-Replayed: true`, an earlier request with the same key made it.
+    #[oai(status = 201)]
+    Created(
+        Json<Hold>,
+        #[oai(header = "Idempotent-Replayed")] Option<String>,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum GetHoldResponse {
+    /// The hold with its current status.
+    #[oai(status = 200)]
+    Ok(Json<Hold>),
+}
+
+pub struct HoldsApi(pub State);
+
+#[OpenApi(prefix_path = "/api", tag = "ApiTags::Holds")]
+impl HoldsApi {
+    /// Reserve stock
+    ///
+    /// Reserves `qty` units until `expires_at`. A retry with the same `Idempotency-Key`
+    /// returns the same hold; the same key with a different body is 409.
+    #[oai(path = "/holds", method = "post")]
+    async fn create_hold(
+        &self,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        body: JsonBody<CreateHold>,
+    ) -> Result<CreateHoldResponse, ApiError> {
+        let req = body.parse()?;
+        let new = self
+            .0
+            .svc
+            .parse_hold(req.product_id, req.qty, idempotency_key.0)?;
+        let (hold, replay) = self.0.svc.create_hold(new).await?;
+        Ok(CreateHoldResponse::Created(
+            Json(hold.into()),
+            replayed(replay),
+        ))
+    }
+
+    /// Get a hold
+    ///
+    /// `status` is current: a hold past `expires_at` without a payment shows `expired`.
+    #[oai(path = "/holds/:id", method = "get")]
+    async fn get_hold(&self, id: Path<i64>) -> Result<GetHoldResponse, ApiError> {
+        Ok(GetHoldResponse::Ok(Json(
+            self.0.svc.hold(id.0).await?.into(),
+        )))
+    }
+}

@@ -1,0 +1,151 @@
+//! The HTTP surface: one `#[OpenApi]` struct per tag with thin handlers, the error mapping,
+//! and the middleware every request passes (body limit, request id, one log line).
+
+pub mod body;
+pub mod error;
+mod holds;
+mod ops;
+mod orders;
+mod payments;
+mod products;
+pub mod signature;
+
+use std::{sync::Arc, time::Instant};
+
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, http::HeaderValue};
+use poem_openapi::{OpenApiService, Tags};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use crate::service::Service;
+
+/// Shared by every handler.
+pub struct AppState {
+    pub svc: Service,
+    /// SHA-256 of `ADMIN_TOKEN`; `None` disables the admin API.
+    admin_token_hash: Option<[u8; 32]>,
+    pub webhook_secrets: Vec<String>,
+}
+
+pub type State = Arc<AppState>;
+
+impl AppState {
+    pub fn new(svc: Service, admin_token: Option<&str>, webhook_secrets: Vec<String>) -> Self {
+        Self {
+            svc,
+            admin_token_hash: admin_token
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t).into()),
+            webhook_secrets,
+        }
+    }
+
+    /// Compares in constant time; hashing first hides the token's length too.
+    fn admin_token_matches(&self, presented: &str) -> bool {
+        let Some(expected) = &self.admin_token_hash else {
+            return false;
+        };
+        let presented: [u8; 32] = Sha256::digest(presented).into();
+        presented.ct_eq(expected).into()
+    }
+}
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Products and their available stock.
+    Products,
+    /// Reserving stock.
+    Holds,
+    /// Turning holds into orders.
+    Orders,
+    /// The payment provider's webhook.
+    Payments,
+    /// Health and readiness probes.
+    Operations,
+}
+
+/// The `Idempotent-Replayed` header value.
+fn replayed(yes: bool) -> Option<String> {
+    yes.then(|| "true".to_owned())
+}
+
+/// The OpenAPI service of the whole API.
+pub fn openapi(
+    state: State,
+) -> OpenApiService<
+    (
+        products::ProductsApi,
+        holds::HoldsApi,
+        orders::OrdersApi,
+        payments::PaymentsApi,
+        ops::OpsApi,
+    ),
+    (),
+> {
+    OpenApiService::new(
+        (
+            products::ProductsApi(state.clone()),
+            holds::HoldsApi(state.clone()),
+            orders::OrdersApi(state.clone()),
+            payments::PaymentsApi(state.clone()),
+            ops::OpsApi(state),
+        ),
+        "flashsale",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Checkout back end for flash sales: holds, orders and payment webhooks that never oversell.")
+}
+
+/// Every route of the server.
+pub fn routes(state: State) -> impl Endpoint<Output = Response> {
+    let api = openapi(state);
+    let docs = api.swagger_ui();
+    let spec_yaml = api.spec_endpoint_yaml();
+    let spec_json = api.spec_endpoint();
+    Route::new()
+        .nest("/docs", docs)
+        .at("/openapi.yaml", spec_yaml)
+        .at("/openapi.json", spec_json)
+        .nest("/", api)
+        .catch_all_error(error::catch_all)
+        .around(observe)
+}
+
+/// Refuses oversized bodies up front, tags the request with an id (the client's
+/// `X-Request-Id` when it is sane), and logs one line when it is answered.
+async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let request_id = req
+        .header("x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let started = Instant::now();
+    let too_large = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| len > body::MAX_BODY_BYTES);
+    let mut resp = if too_large {
+        error::ApiError::payload_too_large().into_response()
+    } else {
+        match next.call(req).instrument(span.clone()).await {
+            Ok(r) => r.into_response(),
+            Err(e) => error::catch_all(e).await,
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            %method,
+            %path,
+            status = resp.status().as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    });
+    Ok(resp)
+}

@@ -1,0 +1,36 @@
+//! `GET /health` and `GET /ready`.
+
+use poem_openapi::{ApiResponse, OpenApi, payload::PlainText};
+
+use super::{ApiTags, State};
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// The database answers.
+    #[oai(status = 200)]
+    Ready(PlainText<&'static str>),
+    /// The database does not answer.
+    #[oai(status = 503)]
+    NotReady(PlainText<&'static str>),
+}
+
+pub struct OpsApi(pub State);
+
+#[OpenApi(tag = "ApiTags::Operations")]
+impl OpsApi {
+    /// Liveness: 200 while the process runs
+    #[oai(path = "/health", method = "get")]
+    async fn health(&self) -> PlainText<&'static str> {
+        PlainText("ok")
+    }
+
+    /// Readiness: 200 when the database answers, 503 when not
+    #[oai(path = "/ready", method = "get")]
+    async fn ready(&self) -> ReadyResponse {
+        if self.0.svc.db.ping().await {
+            ReadyResponse::Ready(PlainText("ready"))
+        } else {
+            ReadyResponse::NotReady(PlainText("database unavailable"))
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `POST /api/orders` and `GET /api/orders/{id}`.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
+use serde::Deserialize;
+
+use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed};
+use crate::service::{orders::OrderView, to_datetime};
+
+/// Lifecycle of an order.
+#[derive(Debug, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    Cancelled,
+}
+
+impl From<entity::order::OrderStatus> for OrderStatus {
+    fn from(s: entity::order::OrderStatus) -> Self {
+        match s {
+            entity::order::OrderStatus::Pending => Self::Pending,
+            entity::order::OrderStatus::Paid => Self::Paid,
+            entity::order::OrderStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// An order.
+#[derive(Debug, Object)]
+pub struct Order {
+    pub id: i64,
+    pub hold_id: i64,
+    pub product_id: i64,
+    pub qty: i64,
+    /// Price times quantity, in cents.
+    pub total_cents: i64,
+    pub status: OrderStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<OrderView> for Order {
+    fn from(o: OrderView) -> Self {
+        Self {
+            id: o.id,
+            hold_id: o.hold_id,
+            product_id: o.product_id,
+            qty: o.qty,
+            total_cents: o.total_cents,
+            status: o.status.into(),
+            created_at: to_datetime(o.created_at_ms),
+        }
+    }
+}
+
+/// A request to turn a hold into an order.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub hold_id: i64,
+}
+
+#[derive(ApiResponse)]
+pub enum CreateOrderResponse {
+    /// The new order, `pending` until its payment arrives.
+    #[oai(status = 201)]
+    Created(Json<Order>),
+    /// The hold already had this order (a retry); nothing changed.
+    #[oai(status = 200)]
+    Existing(
+        Json<Order>,
+        #[oai(header = "Idempotent-Replayed")] Option<String>,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum GetOrderResponse {
+    /// The order.
+    #[oai(status = 200)]
+    Ok(Json<Order>),
+}
+
+pub struct OrdersApi(pub State);
+
+#[OpenApi(prefix_path = "/api", tag = "ApiTags::Orders")]
+impl OrdersApi {
+    /// Turn a hold into an order
+    ///
+    /// One hold makes at most one order: a retry returns 200 with the same order. An expired
+    /// hold never becomes an order (409 `hold_expired`), whether or not it was swept yet.
+    #[oai(path = "/orders", method = "post")]
+    async fn create_order(
+        &self,
+        body: JsonBody<CreateOrder>,
+    ) -> Result<CreateOrderResponse, ApiError> {
+        let req = body.parse()?;
+        let (order, replay) = self.0.svc.create_order(req.hold_id).await?;
+        Ok(if replay {
+            CreateOrderResponse::Existing(Json(order.into()), replayed(true))
+        } else {
+            CreateOrderResponse::Created(Json(order.into()))
+        })
+    }
+
+    /// Get an order
+    #[oai(path = "/orders/:id", method = "get")]
+    async fn get_order(&self, id: Path<i64>) -> Result<GetOrderResponse, ApiError> {
+        Ok(GetOrderResponse::Ok(Json(
+            self.0.svc.order(id.0).await?.into(),
+        )))
+    }
+}

@@ -1,0 +1,120 @@
+//! `POST /api/payments/webhook`: the payment provider's callback.
+
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Header, payload::Json};
+use serde::Deserialize;
+
+use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed, signature};
+use crate::service::payments::{PaymentEvent, WebhookBody, WebhookReply};
+
+/// The payment's result.
+#[derive(Debug, Enum, Deserialize, Clone, Copy)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentStatus {
+    Paid,
+    Failed,
+}
+
+impl From<PaymentStatus> for entity::payment::PaymentStatus {
+    fn from(s: PaymentStatus) -> Self {
+        match s {
+            PaymentStatus::Paid => Self::Paid,
+            PaymentStatus::Failed => Self::Failed,
+        }
+    }
+}
+
+/// A payment event. Fields other than these are ignored.
+#[derive(Debug, Object, Deserialize)]
+pub struct PaymentWebhook {
+    /// The provider's unique id of this event; may come in the `Idempotency-Key` header instead.
+    pub idempotency_key: Option<String>,
+    pub hold_id: i64,
+    pub status: PaymentStatus,
+}
+
+/// What the event did.
+#[derive(Debug, Object)]
+pub struct WebhookAnswer {
+    pub idempotency_key: String,
+    pub hold_id: i64,
+    pub order_id: Option<i64>,
+    /// The payment's status (`paid`, `failed`); for `ignored`, the order's current status.
+    pub status: String,
+    /// `applied`, `awaiting_order`, `ignored` or `refund_required`.
+    pub state: String,
+}
+
+impl From<WebhookBody> for WebhookAnswer {
+    fn from(b: WebhookBody) -> Self {
+        Self {
+            idempotency_key: b.idempotency_key,
+            hold_id: b.hold_id,
+            order_id: b.order_id,
+            status: b.status,
+            state: b.state,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum WebhookResponse {
+    /// Applied, ignored or refund required. `Idempotent-Replayed: true` on a retry.
+    #[oai(status = 200)]
+    Done(
+        Json<WebhookAnswer>,
+        #[oai(header = "Idempotent-Replayed")] Option<String>,
+    ),
+    /// Recorded; applied once the hold's order exists.
+    #[oai(status = 202)]
+    Accepted(
+        Json<WebhookAnswer>,
+        #[oai(header = "Idempotent-Replayed")] Option<String>,
+    ),
+}
+
+impl From<WebhookReply> for WebhookResponse {
+    fn from(r: WebhookReply) -> Self {
+        let header = replayed(r.replayed);
+        match r.http_status {
+            202 => Self::Accepted(Json(r.body.into()), header),
+            200 => Self::Done(Json(r.body.into()), header),
+            other => unreachable!("webhook answers are 200 or 202, not {other}"),
+        }
+    }
+}
+
+pub struct PaymentsApi(pub State);
+
+#[OpenApi(prefix_path = "/api", tag = "ApiTags::Payments")]
+impl PaymentsApi {
+    /// Receive a payment event
+    ///
+    /// Each idempotency key is processed once; retries get the first answer again.
+    /// When `WEBHOOK_SECRET` is set, `X-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret,
+    /// "<t>.<raw body>")>` is required and `t` must be within 300 s of now.
+    #[oai(path = "/payments/webhook", method = "post")]
+    async fn webhook(
+        &self,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        #[oai(name = "X-Signature")] x_signature: Header<Option<String>>,
+        body: JsonBody<PaymentWebhook>,
+    ) -> Result<WebhookResponse, ApiError> {
+        if !self.0.webhook_secrets.is_empty() {
+            signature::verify(
+                &self.0.webhook_secrets,
+                x_signature.0.as_deref(),
+                body.raw(),
+                chrono::Utc::now().timestamp(),
+            )?;
+        }
+        let req = body.parse()?;
+        let event = PaymentEvent::parse(
+            req.idempotency_key,
+            idempotency_key.0,
+            req.hold_id,
+            req.status.into(),
+        )?;
+        Ok(self.0.svc.receive_payment(event).await?.into())
+    }
+}

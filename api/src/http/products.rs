@@ -1,0 +1,99 @@
+//! `GET /api/products/{id}` and `POST /api/admin/products`.
+
+use poem_openapi::{
+    ApiResponse, Object, OpenApi, SecurityScheme, auth::Bearer, param::Path, payload::Json,
+};
+use serde::Deserialize;
+
+use super::{ApiTags, State, body::JsonBody, error::ApiError};
+use crate::{
+    Error,
+    service::products::{NewProduct, ProductView},
+};
+
+/// A product and the stock a new hold could take now.
+#[derive(Debug, Object)]
+pub struct Product {
+    pub id: i64,
+    pub name: String,
+    /// Price in integer minor units (cents).
+    pub price_cents: i64,
+    pub total_stock: i64,
+    pub available_stock: i64,
+}
+
+impl From<ProductView> for Product {
+    fn from(p: ProductView) -> Self {
+        Self {
+            id: p.id,
+            name: p.name,
+            price_cents: p.price_cents,
+            total_stock: p.total_stock,
+            available_stock: p.available_stock,
+        }
+    }
+}
+
+/// A new product.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    /// 1 to 200 characters.
+    pub name: String,
+    /// 0 to 1,000,000,000,000.
+    pub price_cents: i64,
+    /// 0 to 1,000,000,000.
+    pub total_stock: i64,
+}
+
+/// The admin bearer token (`ADMIN_TOKEN`).
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer")]
+pub struct AdminToken(Bearer);
+
+#[derive(ApiResponse)]
+pub enum GetProductResponse {
+    /// The product.
+    #[oai(status = 200)]
+    Ok(Json<Product>),
+}
+
+#[derive(ApiResponse)]
+pub enum CreateProductResponse {
+    /// Created.
+    #[oai(status = 201)]
+    Created(Json<Product>),
+}
+
+pub struct ProductsApi(pub State);
+
+#[OpenApi(prefix_path = "/api", tag = "ApiTags::Products")]
+impl ProductsApi {
+    /// Get a product with its available stock
+    ///
+    /// Served from a cache: a change made through this process is visible at once, a change
+    /// made elsewhere (another API process, a hold expiring) within one second.
+    #[oai(path = "/products/:id", method = "get")]
+    async fn get_product(&self, id: Path<i64>) -> Result<GetProductResponse, ApiError> {
+        Ok(GetProductResponse::Ok(Json(
+            self.0.svc.product(id.0).await?.into(),
+        )))
+    }
+
+    /// Create a product (admin)
+    #[oai(path = "/admin/products", method = "post")]
+    async fn create_product(
+        &self,
+        auth: AdminToken,
+        body: JsonBody<CreateProduct>,
+    ) -> Result<CreateProductResponse, ApiError> {
+        if !self.0.admin_token_matches(&auth.0.token) {
+            return Err(Error::Unauthorized.into());
+        }
+        let req = body.parse()?;
+        let new = NewProduct::parse(&req.name, req.price_cents, req.total_stock)?;
+        let created = self.0.svc.create_product(new).await?;
+        Ok(CreateProductResponse::Created(Json(created.into())))
+    }
+}

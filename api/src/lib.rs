@@ -1,0 +1,97 @@
+//! flashsale: checkout back end for flash sales.
+//!
+//! `service` holds the rules and every transaction; `http` is the thin HTTP surface over it;
+//! the worker binary uses `service` too, so both processes apply the same rules.
+
+pub mod config;
+pub mod db;
+mod error;
+pub mod http;
+pub mod service;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use poem::{
+    Server,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+};
+
+pub use error::{Error, Result};
+
+use crate::{config::Config, db::Db, http::AppState, service::Service};
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A bound, migrated, ready-to-serve API.
+pub struct App {
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+    state: http::State,
+}
+
+impl App {
+    /// Connects, migrates, seeds the demo product if asked, and binds (port 0 works).
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let db = Db::connect(&config.database).await?;
+        db.migrate().await?;
+        let svc = Service::new(db, config.rules.clone());
+        if config.demo
+            && let Some(p) = svc.seed_demo().await?
+        {
+            tracing::info!(product_id = p.id, name = %p.name, stock = p.total_stock, "demo product created");
+        }
+        let state = Arc::new(AppState::new(
+            svc,
+            config.admin_token.as_deref(),
+            config.webhook_secrets(),
+        ));
+        let acceptor = TcpListener::bind(config.bind.as_str())
+            .into_acceptor()
+            .await?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .ok_or_else(|| anyhow::anyhow!("listener has no TCP address"))?;
+        Ok(Self {
+            acceptor,
+            local_addr,
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(http::routes(self.state), shutdown, Some(SHUTDOWN_GRACE))
+            .await
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,213 @@
+//! Holds: reserving stock, with safe retries through `Idempotency-Key`.
+
+use entity::{
+    hold::{self, HoldStatus},
+    product,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
+    sea_query::{Expr, ExprTrait},
+};
+
+use super::{
+    Service, is_unique_violation, now_ms, products::reclaim_overdue_holds, request_hash,
+    validate_idempotency_key,
+};
+use crate::{Error, Result};
+
+/// A hold as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldView {
+    pub id: i64,
+    pub product_id: i64,
+    pub qty: i64,
+    pub status: HoldStatus,
+    pub expires_at_ms: i64,
+}
+
+impl HoldView {
+    /// The hold's status as of `now_ms`: an overdue unpaid hold is expired even before
+    /// anything has marked it so.
+    fn current(h: &hold::Model, now_ms: i64) -> Self {
+        let status = if is_overdue(h, now_ms) {
+            HoldStatus::Expired
+        } else {
+            h.status
+        };
+        Self {
+            id: h.id,
+            product_id: h.product_id,
+            qty: h.qty,
+            status,
+            expires_at_ms: h.expires_at_ms,
+        }
+    }
+
+    /// The answer first given when the hold was created.
+    fn as_created(h: &hold::Model) -> Self {
+        Self {
+            status: HoldStatus::Active,
+            ..Self::current(h, i64::MIN)
+        }
+    }
+}
+
+/// `true` when the hold says `active` but its time is up and nobody paid for it.
+pub fn is_overdue(h: &hold::Model, now_ms: i64) -> bool {
+    h.status == HoldStatus::Active && h.expires_at_ms <= now_ms && h.paid_at_ms.is_none()
+}
+
+/// A validated request for a hold.
+#[derive(Debug)]
+pub struct NewHold {
+    pub product_id: i64,
+    pub qty: i64,
+    pub idempotency_key: Option<String>,
+}
+
+impl Service {
+    /// Checks a hold request against the configured bounds.
+    pub fn parse_hold(&self, product_id: i64, qty: i64, key: Option<String>) -> Result<NewHold> {
+        let max = self.rules.max_qty_per_hold;
+        if !(1..=max).contains(&qty) {
+            return Err(Error::validation(
+                "qty",
+                format!("must be between 1 and {max}"),
+            ));
+        }
+        if let Some(key) = &key {
+            validate_idempotency_key("Idempotency-Key", key)?;
+        }
+        Ok(NewHold {
+            product_id,
+            qty,
+            idempotency_key: key,
+        })
+    }
+
+    /// Reserves stock. Returns the hold and whether it is a replay of an earlier request
+    /// with the same idempotency key.
+    pub async fn create_hold(&self, req: NewHold) -> Result<(HoldView, bool)> {
+        let hash = req
+            .idempotency_key
+            .as_ref()
+            .map(|_| request_hash(&["hold", &req.product_id.to_string(), &req.qty.to_string()]));
+        if let (Some(key), Some(hash)) = (&req.idempotency_key, &hash)
+            && let Some(replay) = replay(&self.db.conn, key, hash).await?
+        {
+            return Ok((replay, true));
+        }
+        match self.reserve(&req, hash.as_deref()).await {
+            // Another request with the same key committed first.
+            Err(Error::Database(e)) if is_unique_violation(&e) => {
+                let (Some(key), Some(hash)) = (&req.idempotency_key, &hash) else {
+                    return Err(Error::Database(e));
+                };
+                match replay(&self.db.conn, key, hash).await? {
+                    Some(replay) => Ok((replay, true)),
+                    None => Err(Error::Database(e)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The reservation transaction: take the units from `available` with one conditional
+    /// UPDATE (which also locks the product row on PostgreSQL), and only when that finds too
+    /// little, lock the row, reclaim overdue holds and try again.
+    async fn reserve(&self, req: &NewHold, hash: Option<&str>) -> Result<(HoldView, bool)> {
+        let now = now_ms();
+        let txn = self.db.begin_write().await?;
+        if !take_stock(&*txn, req.product_id, req.qty).await? {
+            let Some(p) = product::Entity::find_by_id(req.product_id)
+                .lock_exclusive()
+                .one(&*txn)
+                .await?
+            else {
+                txn.rollback().await?;
+                return Err(Error::ProductNotFound(req.product_id));
+            };
+            let reclaimed = reclaim_overdue_holds(&*txn, p.id, now).await?;
+            if !take_stock(&*txn, p.id, req.qty).await? {
+                if reclaimed > 0 {
+                    txn.commit().await?;
+                    self.cache.invalidate(p.id);
+                } else {
+                    txn.rollback().await?;
+                }
+                return Err(Error::InsufficientStock {
+                    product_id: p.id,
+                    requested: req.qty,
+                    available: p.available + reclaimed,
+                });
+            }
+        }
+        if let (Some(key), Some(hash)) = (&req.idempotency_key, hash) {
+            // Under the product lock now: a concurrent retry on this product has committed.
+            if let Some(replay) = replay(&*txn, key, hash).await? {
+                txn.rollback().await?;
+                return Ok((replay, true));
+            }
+        }
+        let hold = hold::ActiveModel {
+            product_id: Set(req.product_id),
+            qty: Set(req.qty),
+            status: Set(HoldStatus::Active),
+            expires_at_ms: Set(now + self.hold_ttl_ms()),
+            paid_at_ms: Set(None),
+            idempotency_key: Set(req.idempotency_key.clone()),
+            request_hash: Set(hash.map(str::to_owned)),
+            created_at_ms: Set(now),
+            ..Default::default()
+        }
+        .insert(&*txn)
+        .await?;
+        txn.commit().await?;
+        self.cache.invalidate(req.product_id);
+        tracing::debug!(
+            hold_id = hold.id,
+            product_id = hold.product_id,
+            qty = hold.qty,
+            "hold created"
+        );
+        Ok((HoldView::as_created(&hold), false))
+    }
+
+    /// Hold `id` with its current status.
+    pub async fn hold(&self, id: i64) -> Result<HoldView> {
+        let h = hold::Entity::find_by_id(id)
+            .one(&self.db.conn)
+            .await?
+            .ok_or(Error::HoldNotFound(id))?;
+        Ok(HoldView::current(&h, now_ms()))
+    }
+}
+
+/// `available -= qty` if at least `qty` is available; `false` when not (or no such product).
+async fn take_stock(conn: &impl ConnectionTrait, product_id: i64, qty: i64) -> Result<bool> {
+    let res = product::Entity::update_many()
+        .col_expr(
+            product::Column::Available,
+            Expr::col(product::Column::Available).sub(qty),
+        )
+        .filter(product::Column::Id.eq(product_id))
+        .filter(product::Column::Available.gte(qty))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// The earlier answer for `key`, or 409 when it was made for a different request.
+async fn replay(conn: &impl ConnectionTrait, key: &str, hash: &str) -> Result<Option<HoldView>> {
+    let Some(h) = hold::Entity::find()
+        .filter(hold::Column::IdempotencyKey.eq(key))
+        .one(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if h.request_hash.as_deref() != Some(hash) {
+        return Err(Error::IdempotencyKeyReused);
+    }
+    Ok(Some(HoldView::as_created(&h)))
+}

@@ -1,0 +1,91 @@
+//! The rules of flashsale and every transaction that applies them. The HTTP layer and the
+//! worker both call into here, so both processes apply exactly the same rules.
+//!
+//! Lock order, the same in every transaction that takes more than one lock, so that two
+//! transactions can never wait on each other: product row, then hold row, then order row.
+//! On SQLite every writing transaction holds the database write lock for its whole life.
+
+pub mod audit;
+mod cache;
+pub mod holds;
+pub mod orders;
+pub mod payments;
+pub mod products;
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::{config::RulesConfig, db::Db};
+
+pub use cache::ProductCache;
+
+/// Idempotency keys longer than this are refused.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Everything a service call needs; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    pub db: Db,
+    pub rules: Arc<RulesConfig>,
+    pub cache: Arc<ProductCache>,
+}
+
+impl Service {
+    pub fn new(db: Db, rules: RulesConfig) -> Self {
+        Self {
+            db,
+            rules: Arc::new(rules),
+            cache: Arc::new(ProductCache::default()),
+        }
+    }
+
+    fn hold_ttl_ms(&self) -> i64 {
+        i64::try_from(self.rules.hold_ttl_secs).expect("bounded by config") * 1000
+    }
+}
+
+/// Now, in Unix milliseconds: the one clock every rule is evaluated against.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Converts stored Unix milliseconds to a timestamp for the API.
+pub fn to_datetime(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).expect("stored timestamps are in range")
+}
+
+/// Hex SHA-256 of the request fields that define "the same request" for an idempotency key.
+fn request_hash(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Checks an idempotency key: 1 to 255 visible ASCII characters.
+fn validate_idempotency_key(field: &str, key: &str) -> crate::Result<()> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(crate::Error::validation(
+            field,
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters long"),
+        ));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(crate::Error::validation(
+            field,
+            "must contain only visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+/// `true` when a unique constraint refused the statement.
+fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

@@ -1,0 +1,120 @@
+//! Orders: turning a live hold into exactly one order.
+
+use entity::{
+    hold::{self, HoldStatus},
+    order::{self, OrderStatus},
+    product,
+};
+use sea_orm::{
+    ActiveEnum, ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set,
+    sea_query::Expr,
+};
+
+use super::{Service, holds::is_overdue, now_ms};
+use crate::{Error, Result};
+
+/// An order as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderView {
+    pub id: i64,
+    pub hold_id: i64,
+    pub product_id: i64,
+    pub qty: i64,
+    pub total_cents: i64,
+    pub status: OrderStatus,
+    pub created_at_ms: i64,
+}
+
+impl From<order::Model> for OrderView {
+    fn from(o: order::Model) -> Self {
+        Self {
+            id: o.id,
+            hold_id: o.hold_id,
+            product_id: o.product_id,
+            qty: o.qty,
+            total_cents: o.total_cents,
+            status: o.status,
+            created_at_ms: o.created_at_ms,
+        }
+    }
+}
+
+impl Service {
+    /// Creates the order for `hold_id`. Returns it and `true` when the hold already had one
+    /// (a retry), in which case nothing changed.
+    pub async fn create_order(&self, hold_id: i64) -> Result<(OrderView, bool)> {
+        let now = now_ms();
+        let txn = self.db.begin_write().await?;
+        // The hold's row lock serialises every attempt to order it.
+        let Some(h) = hold::Entity::find_by_id(hold_id)
+            .lock_exclusive()
+            .one(&*txn)
+            .await?
+        else {
+            txn.rollback().await?;
+            return Err(Error::HoldNotFound(hold_id));
+        };
+        match h.status {
+            HoldStatus::Ordered => {
+                let existing = order::Entity::find()
+                    .filter(order::Column::HoldId.eq(hold_id))
+                    .one(&*txn)
+                    .await?
+                    .expect("an ordered hold has an order");
+                txn.rollback().await?;
+                return Ok((existing.into(), true));
+            }
+            HoldStatus::Expired => {
+                txn.rollback().await?;
+                return Err(Error::HoldExpired(hold_id));
+            }
+            HoldStatus::Active if is_overdue(&h, now) => {
+                txn.rollback().await?;
+                return Err(Error::HoldExpired(hold_id));
+            }
+            HoldStatus::Active => {}
+        }
+        let p = product::Entity::find_by_id(h.product_id)
+            .one(&*txn)
+            .await?
+            .expect("a hold's product exists");
+        let total_cents = p
+            .price_cents
+            .checked_mul(h.qty)
+            .expect("price and quantity bounds keep the total in range");
+        let o = order::ActiveModel {
+            hold_id: Set(h.id),
+            product_id: Set(h.product_id),
+            qty: Set(h.qty),
+            total_cents: Set(total_cents),
+            status: Set(OrderStatus::Pending),
+            created_at_ms: Set(now),
+            updated_at_ms: Set(now),
+            ..Default::default()
+        }
+        .insert(&*txn)
+        .await?;
+        let res = hold::Entity::update_many()
+            .col_expr(
+                hold::Column::Status,
+                Expr::value(HoldStatus::Ordered.to_value()),
+            )
+            .filter(hold::Column::Id.eq(h.id))
+            .filter(hold::Column::Status.eq(HoldStatus::Active))
+            .exec(&*txn)
+            .await?;
+        assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
+        txn.commit().await?;
+        tracing::debug!(order_id = o.id, hold_id = h.id, "order created");
+        Ok((o.into(), false))
+    }
+
+    /// Order `id`.
+    pub async fn order(&self, id: i64) -> Result<OrderView> {
+        order::Entity::find_by_id(id)
+            .one(&self.db.conn)
+            .await?
+            .map(Into::into)
+            .ok_or(Error::OrderNotFound(id))
+    }
+}

@@ -1,0 +1,377 @@
+//! The payment provider's webhook: record every event once, apply it to its order when
+//! that exists, and answer every retry with the first answer.
+
+use entity::{
+    hold::{self, HoldStatus},
+    order::{self, OrderStatus},
+    payment::{self, PaymentOutcome, PaymentStatus},
+    product,
+};
+use sea_orm::{
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Service, holds::is_overdue, now_ms, products::release_stock, request_hash,
+    validate_idempotency_key,
+};
+use crate::{Error, Result};
+
+/// A validated payment event.
+#[derive(Clone, Debug)]
+pub struct PaymentEvent {
+    pub idempotency_key: String,
+    pub hold_id: i64,
+    pub status: PaymentStatus,
+}
+
+/// The JSON body of a webhook answer, stored so that retries get it byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookBody {
+    pub idempotency_key: String,
+    pub hold_id: i64,
+    pub order_id: Option<i64>,
+    /// The payment's status, except for `ignored`, where it is the order's current status.
+    pub status: String,
+    /// `applied`, `awaiting_order`, `ignored` or `refund_required`.
+    pub state: String,
+}
+
+/// A webhook answer: HTTP status, body, and whether it replays an earlier answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookReply {
+    pub http_status: u16,
+    pub body: WebhookBody,
+    pub replayed: bool,
+}
+
+impl PaymentEvent {
+    /// Checks the event's fields. `header_key` is the `Idempotency-Key` header, if sent.
+    pub fn parse(
+        body_key: Option<String>,
+        header_key: Option<String>,
+        hold_id: i64,
+        status: PaymentStatus,
+    ) -> Result<Self> {
+        let key = match (body_key, header_key) {
+            (Some(b), Some(h)) if b != h => {
+                return Err(Error::validation(
+                    "idempotency_key",
+                    "differs from the Idempotency-Key header",
+                ));
+            }
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => {
+                return Err(Error::validation(
+                    "idempotency_key",
+                    "is required, in the body or the Idempotency-Key header",
+                ));
+            }
+        };
+        validate_idempotency_key("idempotency_key", &key)?;
+        Ok(Self {
+            idempotency_key: key,
+            hold_id,
+            status,
+        })
+    }
+
+    fn hash(&self) -> String {
+        request_hash(&[
+            "payment",
+            &self.idempotency_key,
+            &self.hold_id.to_string(),
+            &self.status.to_value(),
+        ])
+    }
+}
+
+impl Service {
+    /// Records and, when possible, applies one payment event.
+    pub async fn receive_payment(&self, event: PaymentEvent) -> Result<WebhookReply> {
+        let hash = event.hash();
+        if let Some(reply) = replay(&self.db.conn, &event.idempotency_key, &hash).await? {
+            return Ok(reply);
+        }
+        let now = now_ms();
+        let txn = self.db.begin_write().await?;
+        let Some(h) = hold::Entity::find_by_id(event.hold_id).one(&*txn).await? else {
+            txn.rollback().await?;
+            return Err(Error::HoldNotFound(event.hold_id));
+        };
+        // Lock order: product, hold, order. The product is locked because a failed payment
+        // or an overdue hold gives stock back.
+        product::Entity::find_by_id(h.product_id)
+            .lock_exclusive()
+            .one(&*txn)
+            .await?;
+        let h = hold::Entity::find_by_id(h.id)
+            .lock_exclusive()
+            .one(&*txn)
+            .await?
+            .expect("holds are never deleted");
+        // Concurrent deliveries of one key queue on the locks above; the first has committed.
+        if let Some(reply) = replay(&*txn, &event.idempotency_key, &hash).await? {
+            txn.rollback().await?;
+            return Ok(reply);
+        }
+        let existing_order = order::Entity::find()
+            .filter(order::Column::HoldId.eq(h.id))
+            .lock_exclusive()
+            .one(&*txn)
+            .await?;
+        let mut stock_released = false;
+        let (http_status, outcome, order_id, shown_status) = match existing_order {
+            Some(o) => {
+                let mut candidates = unapplied_payments(&*txn, h.id).await?;
+                candidates.push(Candidate {
+                    key: event.idempotency_key.clone(),
+                    status: event.status,
+                });
+                let settled = settle(&*txn, &o, &candidates, now).await?;
+                stock_released = settled.stock_released;
+                let (new, earlier) = settled.outcomes.split_last().expect("the new event");
+                record_outcomes(&*txn, &candidates, earlier, o.id, now).await?;
+                let shown = match new {
+                    PaymentOutcome::Ignored => settled.order_status.to_value(),
+                    _ => event.status.to_value(),
+                };
+                (200, Some(*new), Some(o.id), shown)
+            }
+            None => {
+                assert_ne!(
+                    h.status,
+                    HoldStatus::Ordered,
+                    "hold {} ordered without order",
+                    h.id
+                );
+                if h.status == HoldStatus::Expired || is_overdue(&h, now) {
+                    if h.status == HoldStatus::Active {
+                        expire_hold(&*txn, &h).await?;
+                        stock_released = true;
+                    }
+                    let outcome = match event.status {
+                        PaymentStatus::Paid => PaymentOutcome::RefundRequired,
+                        PaymentStatus::Failed => PaymentOutcome::Ignored,
+                    };
+                    (200, Some(outcome), None, event.status.to_value())
+                } else if event.status == PaymentStatus::Paid && h.paid_at_ms.is_some() {
+                    // A second successful charge for one hold: a double charge.
+                    (
+                        200,
+                        Some(PaymentOutcome::RefundRequired),
+                        None,
+                        event.status.to_value(),
+                    )
+                } else {
+                    if event.status == PaymentStatus::Paid {
+                        pin_paid_hold(&*txn, h.id, now).await?;
+                    }
+                    (202, None, None, event.status.to_value())
+                }
+            }
+        };
+        let body = WebhookBody {
+            idempotency_key: event.idempotency_key.clone(),
+            hold_id: event.hold_id,
+            order_id,
+            status: shown_status,
+            state: outcome.map_or_else(|| "awaiting_order".to_owned(), |o| o.to_value()),
+        };
+        payment::ActiveModel {
+            idempotency_key: Set(event.idempotency_key.clone()),
+            hold_id: Set(event.hold_id),
+            status: Set(event.status),
+            request_hash: Set(hash),
+            response_status: Set(i32::from(http_status)),
+            response_body: Set(serde_json::to_string(&body).expect("serialisable")),
+            outcome: Set(outcome),
+            order_id: Set(order_id),
+            applied_at_ms: Set(outcome.map(|_| now)),
+            created_at_ms: Set(now),
+        }
+        .insert(&*txn)
+        .await?;
+        txn.commit().await?;
+        if stock_released {
+            self.cache.invalidate(h.product_id);
+        }
+        if outcome == Some(PaymentOutcome::RefundRequired) {
+            tracing::warn!(
+                idempotency_key = %event.idempotency_key,
+                hold_id = event.hold_id,
+                order_id,
+                "payment cannot be honoured: refund required"
+            );
+        }
+        Ok(WebhookReply {
+            http_status,
+            body,
+            replayed: false,
+        })
+    }
+}
+
+/// A recorded or arriving payment event taking part in a settlement.
+struct Candidate {
+    key: String,
+    status: PaymentStatus,
+}
+
+/// What settling an order's payments did.
+struct Settlement {
+    order_status: OrderStatus,
+    /// One per candidate, in the same order.
+    outcomes: Vec<PaymentOutcome>,
+    stock_released: bool,
+}
+
+/// Decides the order's fate from the events not yet applied, oldest first. A `paid` wins
+/// over any `failed`; a second `paid` is a double charge; anything after the order is final
+/// changes nothing. The caller holds the product, hold and order locks.
+async fn settle(
+    conn: &impl ConnectionTrait,
+    o: &order::Model,
+    candidates: &[Candidate],
+    now: i64,
+) -> Result<Settlement> {
+    let mut outcomes: Vec<PaymentOutcome> = candidates
+        .iter()
+        .map(|c| match c.status {
+            PaymentStatus::Paid => PaymentOutcome::RefundRequired,
+            PaymentStatus::Failed => PaymentOutcome::Ignored,
+        })
+        .collect();
+    let mut order_status = o.status;
+    let mut stock_released = false;
+    if o.status == OrderStatus::Pending {
+        let winner = candidates
+            .iter()
+            .position(|c| c.status == PaymentStatus::Paid)
+            .or(if candidates.is_empty() { None } else { Some(0) });
+        if let Some(winner) = winner {
+            order_status = match candidates[winner].status {
+                PaymentStatus::Paid => OrderStatus::Paid,
+                PaymentStatus::Failed => OrderStatus::Cancelled,
+            };
+            finish_order(conn, o, order_status, now).await?;
+            if order_status == OrderStatus::Cancelled {
+                release_stock(conn, o.product_id, o.qty).await?;
+                stock_released = true;
+            }
+            outcomes[winner] = PaymentOutcome::Applied;
+        }
+    }
+    Ok(Settlement {
+        order_status,
+        outcomes,
+        stock_released,
+    })
+}
+
+/// Moves a pending order to `status`.
+async fn finish_order(
+    conn: &impl ConnectionTrait,
+    o: &order::Model,
+    status: OrderStatus,
+    now: i64,
+) -> Result<()> {
+    let res = order::Entity::update_many()
+        .col_expr(order::Column::Status, Expr::value(status.to_value()))
+        .col_expr(order::Column::UpdatedAtMs, Expr::value(now))
+        .filter(order::Column::Id.eq(o.id))
+        .filter(order::Column::Status.eq(OrderStatus::Pending))
+        .exec(conn)
+        .await?;
+    assert_eq!(
+        res.rows_affected, 1,
+        "order {} changed under its lock",
+        o.id
+    );
+    Ok(())
+}
+
+/// Recorded events of `hold_id` still waiting for its order, oldest first.
+async fn unapplied_payments(conn: &impl ConnectionTrait, hold_id: i64) -> Result<Vec<Candidate>> {
+    Ok(payment::Entity::find()
+        .filter(payment::Column::HoldId.eq(hold_id))
+        .filter(payment::Column::Outcome.is_null())
+        .order_by_asc(payment::Column::CreatedAtMs)
+        .order_by_asc(payment::Column::IdempotencyKey)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|p| Candidate {
+            key: p.idempotency_key,
+            status: p.status,
+        })
+        .collect())
+}
+
+/// Stores the outcomes of recorded events settled along with a newer one.
+async fn record_outcomes(
+    conn: &impl ConnectionTrait,
+    candidates: &[Candidate],
+    outcomes: &[PaymentOutcome],
+    order_id: i64,
+    now: i64,
+) -> Result<()> {
+    for (c, outcome) in candidates.iter().zip(outcomes) {
+        payment::Entity::update_many()
+            .col_expr(payment::Column::Outcome, Expr::value(outcome.to_value()))
+            .col_expr(payment::Column::OrderId, Expr::value(order_id))
+            .col_expr(payment::Column::AppliedAtMs, Expr::value(now))
+            .filter(payment::Column::IdempotencyKey.eq(c.key.as_str()))
+            .filter(payment::Column::Outcome.is_null())
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Marks an overdue hold expired and gives its units back.
+async fn expire_hold(conn: &impl ConnectionTrait, h: &hold::Model) -> Result<()> {
+    let res = hold::Entity::update_many()
+        .col_expr(
+            hold::Column::Status,
+            Expr::value(HoldStatus::Expired.to_value()),
+        )
+        .filter(hold::Column::Id.eq(h.id))
+        .filter(hold::Column::Status.eq(HoldStatus::Active))
+        .exec(conn)
+        .await?;
+    assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
+    release_stock(conn, h.product_id, h.qty).await
+}
+
+/// Records that the customer paid: the hold stops expiring.
+async fn pin_paid_hold(conn: &impl ConnectionTrait, hold_id: i64, now: i64) -> Result<()> {
+    hold::Entity::update_many()
+        .col_expr(hold::Column::PaidAtMs, Expr::value(now))
+        .filter(hold::Column::Id.eq(hold_id))
+        .filter(hold::Column::PaidAtMs.is_null())
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// The stored answer for `key`, or 409 when the key came with a different event.
+async fn replay(
+    conn: &impl ConnectionTrait,
+    key: &str,
+    hash: &str,
+) -> Result<Option<WebhookReply>> {
+    let Some(p) = payment::Entity::find_by_id(key).one(conn).await? else {
+        return Ok(None);
+    };
+    if p.request_hash != hash {
+        return Err(Error::IdempotencyKeyReused);
+    }
+    Ok(Some(WebhookReply {
+        http_status: u16::try_from(p.response_status).expect("stored HTTP status"),
+        body: serde_json::from_str(&p.response_body).expect("stored answer is valid JSON"),
+        replayed: true,
+    }))
+}

@@ -1,0 +1,52 @@
+//! A reservation of `qty` units of one product until `expires_at_ms`.
+
+use sea_orm::entity::prelude::*;
+
+/// Lifecycle of a hold. An `active` hold past its expiry and without a recorded payment is
+/// expired in every respect; the stored status catches up when it is reclaimed or swept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum HoldStatus {
+    #[sea_orm(string_value = "active")]
+    Active,
+    #[sea_orm(string_value = "ordered")]
+    Ordered,
+    #[sea_orm(string_value = "expired")]
+    Expired,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "holds")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub product_id: i64,
+    pub qty: i64,
+    pub status: HoldStatus,
+    pub expires_at_ms: i64,
+    /// Set when a `paid` payment was recorded before the order existed: the hold no longer expires.
+    pub paid_at_ms: Option<i64>,
+    /// The client's `Idempotency-Key`, unique across holds.
+    pub idempotency_key: Option<String>,
+    /// Hash of the request that created the hold, to detect a key reused with another body.
+    pub request_hash: Option<String>,
+    pub created_at_ms: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::product::Entity",
+        from = "Column::ProductId",
+        to = "super::product::Column::Id"
+    )]
+    Product,
+}
+
+impl Related<super::product::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Product.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

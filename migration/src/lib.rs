@@ -1,0 +1,15 @@
+//! Schema migrations of flashsale: the only way the schema changes.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_checkout;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_checkout::Migration)]
+    }
+}
