@@ -1,1 +1,404 @@
-//! placeholder
+//! Helpers for the black-box tests: a fresh database per test (a temporary SQLite file, or
+//! `CREATE DATABASE t_<uuid>` on the PostgreSQL at `TEST_DATABASE_URL`), the real
+//! `flashsale-api` binary on port 0, and typed HTTP calls.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use hmac::{Hmac, Mac};
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Where PostgreSQL tests create their databases, unless `TEST_DATABASE_URL` says otherwise.
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The database back end a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database that exists for one test only.
+pub struct TestDb {
+    pub url: String,
+    pg_admin: Option<(String, String)>,
+    _dir: Option<TempDir>,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TestDb {
+    /// A fresh, empty database; `None` when PostgreSQL is unreachable and `CI` is unset
+    /// (the test is then skipped with a note). With `CI` set, unreachable is a failure.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("flashsale-test-{}", uuid::Uuid::new_v4().simple()));
+                std::fs::create_dir_all(&dir).expect("create temp dir");
+                let url = format!("sqlite://{}?mode=rwc", dir.join("test.db").display());
+                Some(Self {
+                    url,
+                    pg_admin: None,
+                    _dir: Some(TempDir(dir)),
+                })
+            }
+            Backend::Postgres => {
+                let admin = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+                let conn = match sea_orm::Database::connect(admin.as_str()).await {
+                    Ok(c) => c,
+                    Err(e) if std::env::var_os("CI").is_none() => {
+                        eprintln!("SKIPPED: PostgreSQL at {admin} is unreachable ({e}); set CI=1 to make this a failure");
+                        return None;
+                    }
+                    Err(e) => panic!("PostgreSQL at {admin} is unreachable and CI is set: {e}"),
+                };
+                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+                use sea_orm::ConnectionTrait;
+                conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                conn.close().await.ok();
+                let (base, _) = admin.rsplit_once('/').expect("TEST_DATABASE_URL has a database name");
+                Some(Self {
+                    url: format!("{base}/{name}"),
+                    pg_admin: Some((admin.clone(), name)),
+                    _dir: None,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg_admin.take() {
+            // Drop runs inside the test's runtime: use a thread with its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async {
+                    use sea_orm::ConnectionTrait;
+                    if let Ok(conn) = sea_orm::Database::connect(admin.as_str()).await {
+                        let _ = conn
+                            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                        let _ = conn.close().await;
+                    }
+                });
+                Ok::<_, std::io::Error>(())
+            })
+            .join();
+        }
+    }
+}
+
+/// Folder holding the `flashsale-*` binaries, built once per test run.
+fn bin_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let release = !cfg!(debug_assertions);
+        // A separate test crate gets no CARGO_BIN_EXE_* for other packages: build them here
+        // (a no-op when they are fresh).
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root).args(["build", "--quiet", "-p", "api", "-p", "worker", "--bins"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the flashsale binaries failed");
+        target.join(if release { "release" } else { "debug" })
+    })
+}
+
+/// Path of binary `name` (`flashsale-api` or `flashsale-worker`).
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A running `flashsale-api`, killed on drop.
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub db_url: String,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    pub fn replayed(&self) -> bool {
+        self.headers.get("idempotent-replayed").is_some_and(|v| v == "true")
+    }
+
+    /// Asserts an error answer: `status`, `code` and a non-empty message.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.code(), code, "body: {}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {}",
+            self.body
+        );
+    }
+}
+
+/// The environment every test app gets unless overridden.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+impl TestApp {
+    /// Starts `flashsale-api` on `db` with extra environment `env`.
+    pub async fn spawn(db: &TestDb, env: &[(&str, &str)]) -> Self {
+        Self::spawn_url(&db.url, env).await
+    }
+
+    pub async fn spawn_url(db_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin("flashsale-api"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("BIND", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env("ADMIN_TOKEN", ADMIN_TOKEN);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn flashsale-api");
+        let stdout = child.stdout.take().expect("stdout");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = listening_addr(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .expect("join")
+            .unwrap_or_else(|_| panic!("flashsale-api did not start; log:\n{}", log.lock().expect("log").join("\n")));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(512)
+            .build()
+            .expect("client");
+        Self {
+            addr,
+            client,
+            db_url: db_url.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request with an optional JSON body and extra headers.
+    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Reply {
+        let raw = body.map(|b| b.to_string().into_bytes());
+        self.request_raw(method, path, raw, headers).await
+    }
+
+    /// Sends raw body bytes as `application/json`.
+    pub async fn request_raw(&self, method: Method, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body read");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, Some(&body), &[]).await
+    }
+
+    /// Creates a product through the admin API and returns its id.
+    pub async fn create_product(&self, stock: i64, price_cents: i64) -> i64 {
+        let r = self
+            .request(
+                Method::POST,
+                "/api/admin/products",
+                Some(&serde_json::json!({"name": "Test sneaker", "price_cents": price_cents, "total_stock": stock})),
+                &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["id"].as_i64().expect("product id")
+    }
+
+    /// `POST /api/holds`.
+    pub async fn hold(&self, product_id: i64, qty: i64) -> Reply {
+        self.post("/api/holds", serde_json::json!({"product_id": product_id, "qty": qty})).await
+    }
+
+    /// `POST /api/orders`.
+    pub async fn order(&self, hold_id: i64) -> Reply {
+        self.post("/api/orders", serde_json::json!({"hold_id": hold_id})).await
+    }
+
+    /// `POST /api/payments/webhook` without a signature.
+    pub async fn webhook(&self, key: &str, hold_id: i64, status: &str) -> Reply {
+        self.post(
+            "/api/payments/webhook",
+            serde_json::json!({"idempotency_key": key, "hold_id": hold_id, "status": status}),
+        )
+        .await
+    }
+
+    /// `available_stock` of a product, as served.
+    pub async fn available(&self, product_id: i64) -> i64 {
+        let r = self.get(&format!("/api/products/{product_id}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body["available_stock"].as_i64().expect("available_stock")
+    }
+
+    /// The log lines the process printed so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- flashsale-api log ({}) ---\n{}", self.addr, self.log().join("\n"));
+        }
+    }
+}
+
+fn listening_addr(line: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    (v["message"] == "flashsale-api listening").then(|| v["addr"].as_str().map(str::to_owned))?
+}
+
+/// Runs `flashsale-worker audit` on `db_url`: whether it passed, and what it printed.
+pub fn audit(db_url: &str) -> (bool, String) {
+    let out = Command::new(bin("flashsale-worker"))
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .arg("audit")
+        .output()
+        .expect("run flashsale-worker audit");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Asserts that the stock audit passes.
+#[track_caller]
+pub fn assert_audit(db_url: &str) {
+    let (ok, text) = audit(db_url);
+    assert!(ok, "audit failed:\n{text}");
+}
+
+/// An `X-Signature` header value for `body` signed with `secret` at `t`.
+pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Now in Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Declares each listed `async fn name(backend: Backend)` as a test on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// Opens a fresh database for `backend` and starts the API on it, or returns from the test
+/// (skipping it) when PostgreSQL is unreachable outside CI.
+#[macro_export]
+macro_rules! setup {
+    ($backend:expr) => {
+        $crate::setup!($backend, &[])
+    };
+    ($backend:expr, $env:expr) => {{
+        let Some(db) = $crate::TestDb::new($backend).await else {
+            return;
+        };
+        let app = $crate::TestApp::spawn(&db, $env).await;
+        (db, app)
+    }};
+}

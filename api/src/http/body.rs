@@ -37,11 +37,24 @@ impl<T: DeserializeOwned> JsonBody<T> {
 
 fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     use serde_json::error::Category;
+    // serde would read a struct from an array too (`[1, 2]`): every body is an object.
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+                Ok(_) => crate::Error::validation("body", "must be a JSON object").into(),
+                Err(e) => ApiError::invalid_json(format!("request body is not valid JSON: {e}")),
+            },
+        );
+    }
     let mut de = serde_json::Deserializer::from_slice(raw);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
+            // A data error may come before a syntax error further on: syntax wins.
+            Category::Data if serde_json::from_slice::<serde::de::IgnoredAny>(raw).is_err() => {
+                ApiError::invalid_json("request body is not valid JSON")
+            }
             Category::Data => {
                 let field = if path == "." { "body".to_owned() } else { path };
                 ApiError::from(crate::Error::validation(field, strip_position(&inner)))
@@ -153,6 +166,17 @@ mod tests {
             parse_json::<Req>(br#"{"product_id": 1, "qty": 2, "qtty": 3}"#).unwrap_err(),
         );
         assert!(message.contains("qtty"), "{message}");
+    }
+
+    #[test]
+    fn only_objects_are_accepted() {
+        for raw in ["[1, 2]", "42", "\"x\"", "null"] {
+            let (code, message) = code_and_message(parse_json::<Req>(raw.as_bytes()).unwrap_err());
+            assert_eq!(code, "validation_error", "{raw}");
+            assert!(message.starts_with("body:"), "{message}");
+        }
+        let (code, _) = code_and_message(parse_json::<Req>(b"[1,").unwrap_err());
+        assert_eq!(code, "invalid_json");
     }
 
     #[test]

@@ -1,0 +1,181 @@
+//! Real parallel HTTP requests against the real binary: no oversell, one order per hold,
+//! one application per payment key — on SQLite, on PostgreSQL, and with two API processes
+//! sharing one PostgreSQL.
+
+use std::collections::{BTreeMap, HashSet};
+
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::json;
+use tests::{Backend, Reply, TestApp, TestDb, assert_audit, on_both_backends, setup};
+
+on_both_backends!(
+    parallel_holds_never_oversell,
+    parallel_holds_of_mixed_quantities_never_exceed_the_stock,
+    parallel_orders_for_one_hold_make_exactly_one_order,
+    parallel_holds_with_one_idempotency_key_reserve_once,
+    parallel_duplicate_webhooks_apply_exactly_once,
+    parallel_conflicting_webhooks_settle_the_order_once,
+);
+
+fn count_statuses(replies: &[Reply]) -> BTreeMap<u16, usize> {
+    let mut counts = BTreeMap::new();
+    for r in replies {
+        *counts.entry(r.status.as_u16()).or_default() += 1;
+    }
+    counts
+}
+
+async fn parallel_holds_never_oversell(backend: Backend) {
+    // Goal: 400 buyers racing for 50 units get exactly 50 holds and 350 refusals.
+    // Method: 400 qty-1 POST /api/holds fired at once over separate connections.
+    let (db, app) = setup!(backend);
+    let product = app.create_product(50, 100).await;
+    let replies = join_all((0..400).map(|_| app.hold(product, 1))).await;
+    let counts = count_statuses(&replies);
+    assert_eq!(counts.get(&201), Some(&50), "{counts:?}");
+    assert_eq!(counts.get(&409), Some(&350), "{counts:?}");
+    for r in replies.iter().filter(|r| r.status == 409) {
+        assert_eq!(r.code(), "insufficient_stock");
+    }
+    let ids: HashSet<i64> = replies.iter().filter_map(|r| r.body["hold_id"].as_i64()).collect();
+    assert_eq!(ids.len(), 50, "every hold is distinct");
+    assert_eq!(app.available(product).await, 0);
+    assert_audit(&db.url);
+}
+
+async fn parallel_holds_of_mixed_quantities_never_exceed_the_stock(backend: Backend) {
+    // Goal: with quantities 1..=7 racing for 100 units, the units granted never exceed the
+    // stock and exactly match what left `available`.
+    // Method: 200 parallel POST /api/holds with qty cycling through 1..=7.
+    let (db, app) = setup!(backend);
+    let product = app.create_product(100, 100).await;
+    let replies = join_all((0..200).map(|i| app.hold(product, i % 7 + 1))).await;
+    let granted: i64 = replies.iter().filter(|r| r.status == 201).map(|r| r.body["qty"].as_i64().unwrap()).sum();
+    assert!(replies.iter().all(|r| r.status == 201 || r.code() == "insufficient_stock"));
+    assert!(granted <= 100, "oversold: {granted} units granted");
+    assert!(granted > 90, "units left unsold while buyers asked: {granted}");
+    assert_eq!(app.available(product).await, 100 - granted);
+    assert_audit(&db.url);
+}
+
+async fn parallel_orders_for_one_hold_make_exactly_one_order(backend: Backend) {
+    // Goal: one hold, at most one order, however many retries race.
+    // Method: 30 parallel POST /api/orders for the same hold.
+    let (db, app) = setup!(backend);
+    let product = app.create_product(5, 100).await;
+    let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let replies = join_all((0..30).map(|_| app.order(hold))).await;
+    assert_one_order(&replies);
+    assert_audit(&db.url);
+}
+
+fn assert_one_order(replies: &[Reply]) {
+    let counts = count_statuses(replies);
+    assert_eq!(counts.get(&201), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&200), Some(&(replies.len() - 1)), "{counts:?}");
+    let ids: HashSet<i64> = replies.iter().map(|r| r.body["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "all answers name the same order");
+    assert!(replies.iter().filter(|r| r.status == 200).all(Reply::replayed));
+}
+
+async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) {
+    // Goal: a client retrying one request in parallel reserves once.
+    // Method: 20 parallel POST /api/holds with the same Idempotency-Key and body.
+    let (db, app) = setup!(backend);
+    let product = app.create_product(50, 100).await;
+    let body = json!({"product_id": product, "qty": 3});
+    let replies = join_all(
+        (0..20).map(|_| app.request(Method::POST, "/api/holds", Some(&body), &[("idempotency-key", "same-key")])),
+    )
+    .await;
+    assert!(replies.iter().all(|r| r.status == 201), "{:?}", count_statuses(&replies));
+    let ids: HashSet<i64> = replies.iter().map(|r| r.body["hold_id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1);
+    assert_eq!(app.available(product).await, 47);
+    assert_audit(&db.url);
+}
+
+async fn parallel_duplicate_webhooks_apply_exactly_once(backend: Backend) {
+    // Goal: the provider delivering one event many times at once applies it once.
+    // Method: 20 parallel identical `failed` webhooks (a failure returns stock, so a double
+    // application would show as stock counted twice).
+    let (db, app) = setup!(backend);
+    let product = app.create_product(10, 100).await;
+    let hold = app.hold(product, 4).await.body["hold_id"].as_i64().unwrap();
+    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let replies = join_all((0..20).map(|_| app.webhook("dup-evt", hold, "failed"))).await;
+    assert!(replies.iter().all(|r| r.status == 200), "{:?}", count_statuses(&replies));
+    assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1, "exactly one is applied");
+    assert!(replies.iter().all(|r| r.body == replies[0].body));
+    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "cancelled");
+    assert_eq!(app.available(product).await, 10);
+    assert_audit(&db.url);
+}
+
+async fn parallel_conflicting_webhooks_settle_the_order_once(backend: Backend) {
+    // Goal: different events for one order racing each other: exactly one decides the
+    // order, every other is ignored or flagged for refund, and stock stays exact.
+    // Method: for 10 orders at once, 6 parallel events each (3 paid, 3 failed keys).
+    let (db, app) = setup!(backend);
+    let product = app.create_product(20, 100).await;
+    let mut holds = Vec::new();
+    for _ in 0..10 {
+        let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+        assert_eq!(app.order(hold).await.status, 201);
+        holds.push(hold);
+    }
+    let events = holds.iter().flat_map(|&h| {
+        (0..6).map(move |i| (h, format!("h{h}-e{i}"), if i % 2 == 0 { "paid" } else { "failed" }))
+    });
+    let replies = join_all(events.map(|(h, key, status)| {
+        let app = &app;
+        async move { (h, app.webhook(&key, h, status).await) }
+    }))
+    .await;
+    let mut cancelled = 0;
+    for &h in &holds {
+        let mine: Vec<&Reply> = replies.iter().filter(|(hh, _)| *hh == h).map(|(_, r)| r).collect();
+        assert!(mine.iter().all(|r| r.status == 200));
+        let applied = mine.iter().filter(|r| r.body["state"] == "applied").count();
+        assert_eq!(applied, 1, "hold {h}: exactly one event decides the order");
+        let order_id = mine[0].body["order_id"].as_i64().unwrap();
+        let status = app.get(&format!("/api/orders/{order_id}")).await.body["status"].clone();
+        let winner = mine.iter().find(|r| r.body["state"] == "applied").unwrap();
+        assert_eq!(status, if winner.body["status"] == "paid" { "paid" } else { "cancelled" });
+        cancelled += usize::from(status == "cancelled");
+    }
+    assert_eq!(app.available(product).await, 2 * cancelled as i64);
+    assert_audit(&db.url);
+}
+
+/// Two API processes on one PostgreSQL: the row locks, not process memory, keep the stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_processes_on_one_postgres_never_oversell_or_double_order() {
+    // Goal: the guarantees hold across processes.
+    // Method: two flashsale-api processes on one database; 400 parallel holds for 50 units
+    // and then 30 parallel orders for one hold, alternating between the two processes.
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let a = TestApp::spawn(&db, &[]).await;
+    let b = TestApp::spawn(&db, &[]).await;
+    let product = a.create_product(50, 100).await;
+    let apps = [&a, &b];
+    let replies = join_all((0..400).map(|i| apps[i % 2].hold(product, 1))).await;
+    let counts = count_statuses(&replies);
+    assert_eq!(counts.get(&201), Some(&50), "{counts:?}");
+    assert_eq!(counts.get(&409), Some(&350), "{counts:?}");
+    assert_eq!(a.available(product).await, 0);
+    let hold = replies.iter().find_map(|r| r.body["hold_id"].as_i64()).unwrap();
+    let orders = join_all((0..30).map(|i| apps[i % 2].order(hold))).await;
+    assert_one_order(&orders);
+    // Within a second, the other process sees the stock the first one changed.
+    let product2 = a.create_product(10, 100).await;
+    assert_eq!(b.available(product2).await, 10);
+    assert_eq!(a.hold(product2, 4).await.status, 201);
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(b.available(product2).await, 6);
+    assert_audit(&db.url);
+}

@@ -1,0 +1,7 @@
+//! Black-box tests: the real `flashsale-api` (and `flashsale-worker audit`) over HTTP, a
+//! fresh database per test, every test on SQLite and on PostgreSQL.
+
+mod concurrency;
+mod contract;
+mod expiry;
+mod webhook;
