@@ -46,7 +46,8 @@ impl TestDb {
     pub async fn new(backend: Backend) -> Option<Self> {
         match backend {
             Backend::Sqlite => {
-                let dir = std::env::temp_dir().join(format!("flashsale-test-{}", uuid::Uuid::new_v4().simple()));
+                let dir = std::env::temp_dir()
+                    .join(format!("flashsale-test-{}", uuid::Uuid::new_v4().simple()));
                 std::fs::create_dir_all(&dir).expect("create temp dir");
                 let url = format!("sqlite://{}?mode=rwc", dir.join("test.db").display());
                 Some(Self {
@@ -56,11 +57,14 @@ impl TestDb {
                 })
             }
             Backend::Postgres => {
-                let admin = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+                let admin = std::env::var("TEST_DATABASE_URL")
+                    .unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
                 let conn = match sea_orm::Database::connect(admin.as_str()).await {
                     Ok(c) => c,
                     Err(e) if std::env::var_os("CI").is_none() => {
-                        eprintln!("SKIPPED: PostgreSQL at {admin} is unreachable ({e}); set CI=1 to make this a failure");
+                        eprintln!(
+                            "SKIPPED: PostgreSQL at {admin} is unreachable ({e}); set CI=1 to make this a failure"
+                        );
                         return None;
                     }
                     Err(e) => panic!("PostgreSQL at {admin} is unreachable and CI is set: {e}"),
@@ -71,7 +75,9 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 conn.close().await.ok();
-                let (base, _) = admin.rsplit_once('/').expect("TEST_DATABASE_URL has a database name");
+                let (base, _) = admin
+                    .rsplit_once('/')
+                    .expect("TEST_DATABASE_URL has a database name");
                 Some(Self {
                     url: format!("{base}/{name}"),
                     pg_admin: Some((admin.clone(), name)),
@@ -87,12 +93,16 @@ impl Drop for TestDb {
         if let Some((admin, name)) = self.pg_admin.take() {
             // Drop runs inside the test's runtime: use a thread with its own.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 rt.block_on(async {
                     use sea_orm::ConnectionTrait;
                     if let Ok(conn) = sea_orm::Database::connect(admin.as_str()).await {
                         let _ = conn
-                            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
                             .await;
                         let _ = conn.close().await;
                     }
@@ -109,13 +119,15 @@ fn bin_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
         let release = !cfg!(debug_assertions);
         // A separate test crate gets no CARGO_BIN_EXE_* for other packages: build them here
         // (a no-op when they are fresh).
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(&root).args(["build", "--quiet", "-p", "api", "-p", "worker", "--bins"]);
+        cmd.current_dir(&root)
+            .args(["build", "--quiet", "-p", "api", "-p", "worker", "--bins"]);
         if release {
             cmd.arg("--release");
         }
@@ -154,7 +166,9 @@ impl Reply {
     }
 
     pub fn replayed(&self) -> bool {
-        self.headers.get("idempotent-replayed").is_some_and(|v| v == "true")
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
     }
 
     /// Asserts an error answer: `status`, `code` and a non-empty message.
@@ -214,7 +228,12 @@ impl TestApp {
         let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
             .await
             .expect("join")
-            .unwrap_or_else(|_| panic!("flashsale-api did not start; log:\n{}", log.lock().expect("log").join("\n")));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "flashsale-api did not start; log:\n{}",
+                    log.lock().expect("log").join("\n")
+                )
+            });
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(512)
@@ -234,13 +253,25 @@ impl TestApp {
     }
 
     /// Sends a request with an optional JSON body and extra headers.
-    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Reply {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let raw = body.map(|b| b.to_string().into_bytes());
         self.request_raw(method, path, raw, headers).await
     }
 
     /// Sends raw body bytes as `application/json`.
-    pub async fn request_raw(&self, method: Method, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Reply {
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut req = self.client.request(method, self.url(path));
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
@@ -255,9 +286,14 @@ impl TestApp {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -284,12 +320,17 @@ impl TestApp {
 
     /// `POST /api/holds`.
     pub async fn hold(&self, product_id: i64, qty: i64) -> Reply {
-        self.post("/api/holds", serde_json::json!({"product_id": product_id, "qty": qty})).await
+        self.post(
+            "/api/holds",
+            serde_json::json!({"product_id": product_id, "qty": qty}),
+        )
+        .await
     }
 
     /// `POST /api/orders`.
     pub async fn order(&self, hold_id: i64) -> Reply {
-        self.post("/api/orders", serde_json::json!({"hold_id": hold_id})).await
+        self.post("/api/orders", serde_json::json!({"hold_id": hold_id}))
+            .await
     }
 
     /// `POST /api/payments/webhook` without a signature.
@@ -319,7 +360,11 @@ impl Drop for TestApp {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- flashsale-api log ({}) ---\n{}", self.addr, self.log().join("\n"));
+            eprintln!(
+                "--- flashsale-api log ({}) ---\n{}",
+                self.addr,
+                self.log().join("\n")
+            );
         }
     }
 }
@@ -337,7 +382,11 @@ pub fn audit(db_url: &str) -> (bool, String) {
         .arg("audit")
         .output()
         .expect("run flashsale-worker audit");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 

@@ -39,12 +39,10 @@ fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     use serde_json::error::Category;
     // serde would read a struct from an array too (`[1, 2]`): every body is an object.
     if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
-                Ok(_) => crate::Error::validation("body", "must be a JSON object").into(),
-                Err(e) => ApiError::invalid_json(format!("request body is not valid JSON: {e}")),
-            },
-        );
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+            Ok(_) => crate::Error::validation("body", "must be a JSON object").into(),
+            Err(e) => ApiError::invalid_json(format!("request body is not valid JSON: {e}")),
+        });
     }
     let mut de = serde_json::Deserializer::from_slice(raw);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {

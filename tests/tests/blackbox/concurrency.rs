@@ -38,7 +38,10 @@ async fn parallel_holds_never_oversell(backend: Backend) {
     for r in replies.iter().filter(|r| r.status == 409) {
         assert_eq!(r.code(), "insufficient_stock");
     }
-    let ids: HashSet<i64> = replies.iter().filter_map(|r| r.body["hold_id"].as_i64()).collect();
+    let ids: HashSet<i64> = replies
+        .iter()
+        .filter_map(|r| r.body["hold_id"].as_i64())
+        .collect();
     assert_eq!(ids.len(), 50, "every hold is distinct");
     assert_eq!(app.available(product).await, 0);
     assert_audit(&db.url);
@@ -51,10 +54,21 @@ async fn parallel_holds_of_mixed_quantities_never_exceed_the_stock(backend: Back
     let (db, app) = setup!(backend);
     let product = app.create_product(100, 100).await;
     let replies = join_all((0..200).map(|i| app.hold(product, i % 7 + 1))).await;
-    let granted: i64 = replies.iter().filter(|r| r.status == 201).map(|r| r.body["qty"].as_i64().unwrap()).sum();
-    assert!(replies.iter().all(|r| r.status == 201 || r.code() == "insufficient_stock"));
+    let granted: i64 = replies
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.body["qty"].as_i64().unwrap())
+        .sum();
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.status == 201 || r.code() == "insufficient_stock")
+    );
     assert!(granted <= 100, "oversold: {granted} units granted");
-    assert!(granted > 90, "units left unsold while buyers asked: {granted}");
+    assert!(
+        granted > 90,
+        "units left unsold while buyers asked: {granted}"
+    );
     assert_eq!(app.available(product).await, 100 - granted);
     assert_audit(&db.url);
 }
@@ -74,9 +88,17 @@ fn assert_one_order(replies: &[Reply]) {
     let counts = count_statuses(replies);
     assert_eq!(counts.get(&201), Some(&1), "{counts:?}");
     assert_eq!(counts.get(&200), Some(&(replies.len() - 1)), "{counts:?}");
-    let ids: HashSet<i64> = replies.iter().map(|r| r.body["id"].as_i64().unwrap()).collect();
+    let ids: HashSet<i64> = replies
+        .iter()
+        .map(|r| r.body["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids.len(), 1, "all answers name the same order");
-    assert!(replies.iter().filter(|r| r.status == 200).all(Reply::replayed));
+    assert!(
+        replies
+            .iter()
+            .filter(|r| r.status == 200)
+            .all(Reply::replayed)
+    );
 }
 
 async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) {
@@ -85,12 +107,24 @@ async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) 
     let (db, app) = setup!(backend);
     let product = app.create_product(50, 100).await;
     let body = json!({"product_id": product, "qty": 3});
-    let replies = join_all(
-        (0..20).map(|_| app.request(Method::POST, "/api/holds", Some(&body), &[("idempotency-key", "same-key")])),
-    )
+    let replies = join_all((0..20).map(|_| {
+        app.request(
+            Method::POST,
+            "/api/holds",
+            Some(&body),
+            &[("idempotency-key", "same-key")],
+        )
+    }))
     .await;
-    assert!(replies.iter().all(|r| r.status == 201), "{:?}", count_statuses(&replies));
-    let ids: HashSet<i64> = replies.iter().map(|r| r.body["hold_id"].as_i64().unwrap()).collect();
+    assert!(
+        replies.iter().all(|r| r.status == 201),
+        "{:?}",
+        count_statuses(&replies)
+    );
+    let ids: HashSet<i64> = replies
+        .iter()
+        .map(|r| r.body["hold_id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids.len(), 1);
     assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1);
     assert_eq!(app.available(product).await, 47);
@@ -106,10 +140,21 @@ async fn parallel_duplicate_webhooks_apply_exactly_once(backend: Backend) {
     let hold = app.hold(product, 4).await.body["hold_id"].as_i64().unwrap();
     let order = app.order(hold).await.body["id"].as_i64().unwrap();
     let replies = join_all((0..20).map(|_| app.webhook("dup-evt", hold, "failed"))).await;
-    assert!(replies.iter().all(|r| r.status == 200), "{:?}", count_statuses(&replies));
-    assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1, "exactly one is applied");
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "{:?}",
+        count_statuses(&replies)
+    );
+    assert_eq!(
+        replies.iter().filter(|r| !r.replayed()).count(),
+        1,
+        "exactly one is applied"
+    );
     assert!(replies.iter().all(|r| r.body == replies[0].body));
-    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "cancelled");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order}")).await.body["status"],
+        "cancelled"
+    );
     assert_eq!(app.available(product).await, 10);
     assert_audit(&db.url);
 }
@@ -127,7 +172,13 @@ async fn parallel_conflicting_webhooks_settle_the_order_once(backend: Backend) {
         holds.push(hold);
     }
     let events = holds.iter().flat_map(|&h| {
-        (0..6).map(move |i| (h, format!("h{h}-e{i}"), if i % 2 == 0 { "paid" } else { "failed" }))
+        (0..6).map(move |i| {
+            (
+                h,
+                format!("h{h}-e{i}"),
+                if i % 2 == 0 { "paid" } else { "failed" },
+            )
+        })
     });
     let replies = join_all(events.map(|(h, key, status)| {
         let app = &app;
@@ -136,14 +187,25 @@ async fn parallel_conflicting_webhooks_settle_the_order_once(backend: Backend) {
     .await;
     let mut cancelled = 0;
     for &h in &holds {
-        let mine: Vec<&Reply> = replies.iter().filter(|(hh, _)| *hh == h).map(|(_, r)| r).collect();
+        let mine: Vec<&Reply> = replies
+            .iter()
+            .filter(|(hh, _)| *hh == h)
+            .map(|(_, r)| r)
+            .collect();
         assert!(mine.iter().all(|r| r.status == 200));
         let applied = mine.iter().filter(|r| r.body["state"] == "applied").count();
         assert_eq!(applied, 1, "hold {h}: exactly one event decides the order");
         let order_id = mine[0].body["order_id"].as_i64().unwrap();
         let status = app.get(&format!("/api/orders/{order_id}")).await.body["status"].clone();
         let winner = mine.iter().find(|r| r.body["state"] == "applied").unwrap();
-        assert_eq!(status, if winner.body["status"] == "paid" { "paid" } else { "cancelled" });
+        assert_eq!(
+            status,
+            if winner.body["status"] == "paid" {
+                "paid"
+            } else {
+                "cancelled"
+            }
+        );
         cancelled += usize::from(status == "cancelled");
     }
     assert_eq!(app.available(product).await, 2 * cancelled as i64);
@@ -168,7 +230,10 @@ async fn two_api_processes_on_one_postgres_never_oversell_or_double_order() {
     assert_eq!(counts.get(&201), Some(&50), "{counts:?}");
     assert_eq!(counts.get(&409), Some(&350), "{counts:?}");
     assert_eq!(a.available(product).await, 0);
-    let hold = replies.iter().find_map(|r| r.body["hold_id"].as_i64()).unwrap();
+    let hold = replies
+        .iter()
+        .find_map(|r| r.body["hold_id"].as_i64())
+        .unwrap();
     let orders = join_all((0..30).map(|i| apps[i % 2].order(hold))).await;
     assert_one_order(&orders);
     // Within a second, the other process sees the stock the first one changed.

@@ -26,10 +26,18 @@ async fn product_is_served_with_its_stock_and_unknown_ids_are_404(backend: Backe
         r.body,
         json!({"id": id, "name": "Test sneaker", "price_cents": 1999, "total_stock": 7, "available_stock": 7})
     );
-    app.get("/api/products/999999").await.assert_error(404, "product_not_found");
-    app.get("/api/products/abc").await.assert_error(400, "invalid_parameter");
-    app.get("/api/products/99999999999999999999999").await.assert_error(400, "invalid_parameter");
-    app.get("/api/nothing-here").await.assert_error(404, "not_found");
+    app.get("/api/products/999999")
+        .await
+        .assert_error(404, "product_not_found");
+    app.get("/api/products/abc")
+        .await
+        .assert_error(400, "invalid_parameter");
+    app.get("/api/products/99999999999999999999999")
+        .await
+        .assert_error(400, "invalid_parameter");
+    app.get("/api/nothing-here")
+        .await
+        .assert_error(404, "not_found");
 }
 
 async fn admin_product_creation_requires_the_token_and_valid_fields(backend: Backend) {
@@ -38,9 +46,14 @@ async fn admin_product_creation_requires_the_token_and_valid_fields(backend: Bac
     app.request(Method::POST, "/api/admin/products", Some(&body), &[])
         .await
         .assert_error(401, "unauthorized");
-    app.request(Method::POST, "/api/admin/products", Some(&body), &[("authorization", "Bearer wrong")])
-        .await
-        .assert_error(401, "unauthorized");
+    app.request(
+        Method::POST,
+        "/api/admin/products",
+        Some(&body),
+        &[("authorization", "Bearer wrong")],
+    )
+    .await
+    .assert_error(401, "unauthorized");
     let auth = format!("Bearer {ADMIN_TOKEN}");
     for bad in [
         json!({"name": "", "price_cents": 1, "total_stock": 1}),
@@ -52,13 +65,25 @@ async fn admin_product_creation_requires_the_token_and_valid_fields(backend: Bac
         json!({"name": "x".repeat(201), "price_cents": 1, "total_stock": 1}),
     ] {
         let r = app
-            .request(Method::POST, "/api/admin/products", Some(&bad), &[("authorization", &auth)])
+            .request(
+                Method::POST,
+                "/api/admin/products",
+                Some(&bad),
+                &[("authorization", &auth)],
+            )
             .await;
         r.assert_error(422, "validation_error");
     }
-    app.get("/api/products/1").await.assert_error(404, "product_not_found");
+    app.get("/api/products/1")
+        .await
+        .assert_error(404, "product_not_found");
     let r = app
-        .request(Method::POST, "/api/admin/products", Some(&body), &[("authorization", &auth)])
+        .request(
+            Method::POST,
+            "/api/admin/products",
+            Some(&body),
+            &[("authorization", &auth)],
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["available_stock"], 3);
@@ -79,7 +104,11 @@ async fn hold_is_created_and_read_back(backend: Backend) {
     let got = app.get(&format!("/api/holds/{hold_id}")).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, r.body);
-    assert_eq!(app.available(product).await, 7, "the writer reads its own write at once");
+    assert_eq!(
+        app.available(product).await,
+        7,
+        "the writer reads its own write at once"
+    );
     assert!(r.headers.contains_key("x-request-id"));
 }
 
@@ -87,13 +116,21 @@ async fn hold_is_rejected_with_409_when_sold_out(backend: Backend) {
     let (db, app) = setup!(backend);
     let product = app.create_product(5, 100).await;
     assert_eq!(app.hold(product, 4).await.status, 201);
-    app.hold(product, 2).await.assert_error(409, "insufficient_stock");
+    app.hold(product, 2)
+        .await
+        .assert_error(409, "insufficient_stock");
     assert_eq!(app.hold(product, 1).await.status, 201);
-    app.hold(product, 1).await.assert_error(409, "insufficient_stock");
+    app.hold(product, 1)
+        .await
+        .assert_error(409, "insufficient_stock");
     assert_eq!(app.available(product).await, 0);
     let empty = app.create_product(0, 100).await;
-    app.hold(empty, 1).await.assert_error(409, "insufficient_stock");
-    app.hold(999_999, 1).await.assert_error(404, "product_not_found");
+    app.hold(empty, 1)
+        .await
+        .assert_error(409, "insufficient_stock");
+    app.hold(999_999, 1)
+        .await
+        .assert_error(404, "product_not_found");
     assert_audit(&db.url);
 }
 
@@ -105,34 +142,100 @@ async fn bad_hold_requests_get_4xx_and_write_nothing(backend: Backend) {
         (b"{".to_vec(), 400, "invalid_json"),
         (b"not json".to_vec(), 400, "invalid_json"),
         (b"".to_vec(), 400, "invalid_json"),
-        (format!(r#"{{"product_id": {p}, "qty": 1}} trailing"#).into_bytes(), 400, "invalid_json"),
-        (format!(r#"{{"product_id": {p}, "qty": "1"}}"#).into_bytes(), 422, "validation_error"),
-        (format!(r#"{{"product_id": "{p}", "qty": 1}}"#).into_bytes(), 422, "validation_error"),
-        (format!(r#"{{"product_id": {p}}}"#).into_bytes(), 422, "validation_error"),
+        (
+            format!(r#"{{"product_id": {p}, "qty": 1}} trailing"#).into_bytes(),
+            400,
+            "invalid_json",
+        ),
+        (
+            format!(r#"{{"product_id": {p}, "qty": "1"}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
+        (
+            format!(r#"{{"product_id": "{p}", "qty": 1}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
+        (
+            format!(r#"{{"product_id": {p}}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
         (br#"{"qty": 1}"#.to_vec(), 422, "validation_error"),
-        (format!(r#"{{"product_id": {p}, "qty": 0}}"#).into_bytes(), 422, "validation_error"),
-        (format!(r#"{{"product_id": {p}, "qty": -3}}"#).into_bytes(), 422, "validation_error"),
-        (format!(r#"{{"product_id": {p}, "qty": 11}}"#).into_bytes(), 422, "validation_error"),
-        (format!(r#"{{"product_id": {p}, "qty": 1.5}}"#).into_bytes(), 422, "validation_error"),
-        (format!(r#"{{"product_id": {p}, "qty": 99999999999999999999999}}"#).into_bytes(), 422, "validation_error"),
-        (format!(r#"{{"product_id": {p}, "qty": null}}"#).into_bytes(), 422, "validation_error"),
-        (format!(r#"{{"product_id": {p}, "qty": 1, "qtty": 2}}"#).into_bytes(), 422, "validation_error"),
+        (
+            format!(r#"{{"product_id": {p}, "qty": 0}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
+        (
+            format!(r#"{{"product_id": {p}, "qty": -3}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
+        (
+            format!(r#"{{"product_id": {p}, "qty": 11}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
+        (
+            format!(r#"{{"product_id": {p}, "qty": 1.5}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
+        (
+            format!(r#"{{"product_id": {p}, "qty": 99999999999999999999999}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
+        (
+            format!(r#"{{"product_id": {p}, "qty": null}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
+        (
+            format!(r#"{{"product_id": {p}, "qty": 1, "qtty": 2}}"#).into_bytes(),
+            422,
+            "validation_error",
+        ),
         (b"[1, 2]".to_vec(), 422, "validation_error"),
         (b"42".to_vec(), 422, "validation_error"),
     ];
     for (body, status, code) in cases {
         let shown = String::from_utf8_lossy(&body).into_owned();
-        let r = app.request_raw(Method::POST, "/api/holds", Some(body), &[]).await;
+        let r = app
+            .request_raw(Method::POST, "/api/holds", Some(body), &[])
+            .await;
         assert_eq!(r.status.as_u16(), status, "{shown} -> {}", r.body);
         assert_eq!(r.code(), code, "{shown} -> {}", r.body);
     }
     // The message names the field.
     let r = app
-        .request_raw(Method::POST, "/api/holds", Some(format!(r#"{{"product_id": {p}, "qty": "x"}}"#).into_bytes()), &[])
+        .request_raw(
+            Method::POST,
+            "/api/holds",
+            Some(format!(r#"{{"product_id": {p}, "qty": "x"}}"#).into_bytes()),
+            &[],
+        )
         .await;
-    assert!(r.body["message"].as_str().unwrap().contains("qty"), "{}", r.body);
-    let r = app.request_raw(Method::POST, "/api/holds", Some(br#"{"qty": 1}"#.to_vec()), &[]).await;
-    assert!(r.body["message"].as_str().unwrap().contains("product_id"), "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("qty"),
+        "{}",
+        r.body
+    );
+    let r = app
+        .request_raw(
+            Method::POST,
+            "/api/holds",
+            Some(br#"{"qty": 1}"#.to_vec()),
+            &[],
+        )
+        .await;
+    assert!(
+        r.body["message"].as_str().unwrap().contains("product_id"),
+        "{}",
+        r.body
+    );
 
     // 70 KB: refused before parsing, whether or not the length is announced.
     let mut big = format!(r#"{{"product_id": {p}, "qty": 1, "pad": ""#).into_bytes();
@@ -141,7 +244,11 @@ async fn bad_hold_requests_get_4xx_and_write_nothing(backend: Backend) {
     app.request_raw(Method::POST, "/api/holds", Some(big.clone()), &[])
         .await
         .assert_error(413, "payload_too_large");
-    let chunks = futures::stream::iter(big.chunks(8 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let chunks = futures::stream::iter(
+        big.chunks(8 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
     let r = app
         .client
         .post(app.url("/api/holds"))
@@ -156,13 +263,20 @@ async fn bad_hold_requests_get_4xx_and_write_nothing(backend: Backend) {
 
     // Bad keys.
     let long_key = "k".repeat(256);
-    app.request(Method::POST, "/api/holds", Some(&json!({"product_id": product, "qty": 1})), &[("idempotency-key", &long_key)])
-        .await
-        .assert_error(422, "validation_error");
+    app.request(
+        Method::POST,
+        "/api/holds",
+        Some(&json!({"product_id": product, "qty": 1})),
+        &[("idempotency-key", &long_key)],
+    )
+    .await
+    .assert_error(422, "validation_error");
 
     // Nothing was written.
     assert_eq!(app.available(product).await, 10);
-    app.get("/api/holds/1").await.assert_error(404, "hold_not_found");
+    app.get("/api/holds/1")
+        .await
+        .assert_error(404, "hold_not_found");
     assert_audit(&db.url);
 }
 
@@ -170,18 +284,37 @@ async fn idempotency_key_replays_the_same_hold_and_refuses_another_body(backend:
     let (db, app) = setup!(backend);
     let product = app.create_product(10, 100).await;
     let body = json!({"product_id": product, "qty": 2});
-    let first = app.request(Method::POST, "/api/holds", Some(&body), &[("idempotency-key", "buy-1")]).await;
+    let first = app
+        .request(
+            Method::POST,
+            "/api/holds",
+            Some(&body),
+            &[("idempotency-key", "buy-1")],
+        )
+        .await;
     assert_eq!(first.status, 201);
     assert!(!first.replayed());
-    let again = app.request(Method::POST, "/api/holds", Some(&body), &[("idempotency-key", "buy-1")]).await;
+    let again = app
+        .request(
+            Method::POST,
+            "/api/holds",
+            Some(&body),
+            &[("idempotency-key", "buy-1")],
+        )
+        .await;
     assert_eq!(again.status, 201);
     assert!(again.replayed());
     assert_eq!(again.body, first.body);
     assert_eq!(app.available(product).await, 8, "a replay reserves nothing");
     let other = json!({"product_id": product, "qty": 3});
-    app.request(Method::POST, "/api/holds", Some(&other), &[("idempotency-key", "buy-1")])
-        .await
-        .assert_error(409, "idempotency_key_reused");
+    app.request(
+        Method::POST,
+        "/api/holds",
+        Some(&other),
+        &[("idempotency-key", "buy-1")],
+    )
+    .await
+    .assert_error(409, "idempotency_key_reused");
     assert_eq!(app.available(product).await, 8);
     assert_audit(&db.url);
 }
@@ -205,7 +338,10 @@ async fn order_is_created_once_and_retries_return_it(backend: Backend) {
     let got = app.get(&format!("/api/orders/{id}")).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, created.body);
-    assert_eq!(app.get(&format!("/api/holds/{hold}")).await.body["status"], "ordered");
+    assert_eq!(
+        app.get(&format!("/api/holds/{hold}")).await.body["status"],
+        "ordered"
+    );
     assert_eq!(app.available(product).await, 7);
     assert_audit(&db.url);
 }
@@ -213,11 +349,21 @@ async fn order_is_created_once_and_retries_return_it(backend: Backend) {
 async fn order_and_hold_lookups_of_unknown_ids_are_404(backend: Backend) {
     let (_db, app) = setup!(backend);
     app.order(424_242).await.assert_error(404, "hold_not_found");
-    app.get("/api/orders/5").await.assert_error(404, "order_not_found");
-    app.get("/api/holds/5").await.assert_error(404, "hold_not_found");
-    app.get("/api/orders/x").await.assert_error(400, "invalid_parameter");
-    app.post("/api/orders", json!({"hold_id": "1"})).await.assert_error(422, "validation_error");
-    app.post("/api/orders", json!({})).await.assert_error(422, "validation_error");
+    app.get("/api/orders/5")
+        .await
+        .assert_error(404, "order_not_found");
+    app.get("/api/holds/5")
+        .await
+        .assert_error(404, "hold_not_found");
+    app.get("/api/orders/x")
+        .await
+        .assert_error(400, "invalid_parameter");
+    app.post("/api/orders", json!({"hold_id": "1"}))
+        .await
+        .assert_error(422, "validation_error");
+    app.post("/api/orders", json!({}))
+        .await
+        .assert_error(422, "validation_error");
 }
 
 async fn health_and_ready_answer(backend: Backend) {

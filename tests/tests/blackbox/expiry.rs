@@ -18,10 +18,19 @@ async fn expired_hold_stock_is_available_at_once_and_it_cannot_be_ordered(backen
     let (db, app) = setup!(backend, &[("HOLD_TTL_SECS", "1")]);
     let product = app.create_product(3, 100).await;
     let hold = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
-    app.hold(product, 1).await.assert_error(409, "insufficient_stock");
+    app.hold(product, 1)
+        .await
+        .assert_error(409, "insufficient_stock");
     tokio::time::sleep(PAST_TTL).await;
-    assert_eq!(app.available(product).await, 3, "expired stock is shown as available");
-    assert_eq!(app.get(&format!("/api/holds/{hold}")).await.body["status"], "expired");
+    assert_eq!(
+        app.available(product).await,
+        3,
+        "expired stock is shown as available"
+    );
+    assert_eq!(
+        app.get(&format!("/api/holds/{hold}")).await.body["status"],
+        "expired"
+    );
     app.order(hold).await.assert_error(409, "hold_expired");
     // Nothing swept it, yet its stock sells again.
     let again = app.hold(product, 3).await;
@@ -37,9 +46,18 @@ async fn paid_hold_outlives_its_ttl_and_can_still_be_ordered(backend: Backend) {
     let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
     assert_eq!(app.webhook("pay-early", hold, "paid").await.status, 202);
     tokio::time::sleep(PAST_TTL).await;
-    assert_eq!(app.available(product).await, 0, "a paid hold keeps its stock");
-    app.hold(product, 1).await.assert_error(409, "insufficient_stock");
-    assert_eq!(app.get(&format!("/api/holds/{hold}")).await.body["status"], "active");
+    assert_eq!(
+        app.available(product).await,
+        0,
+        "a paid hold keeps its stock"
+    );
+    app.hold(product, 1)
+        .await
+        .assert_error(409, "insufficient_stock");
+    assert_eq!(
+        app.get(&format!("/api/holds/{hold}")).await.body["status"],
+        "active"
+    );
     let order = app.order(hold).await;
     assert_eq!(order.status, 201, "{}", order.body);
     assert_audit(&db.url);

@@ -20,7 +20,9 @@ on_both_backends!(
 /// A product with 10 units, a hold of `qty` on it, and its pending order.
 async fn pending_order(app: &TestApp, qty: i64) -> (i64, i64, i64) {
     let product = app.create_product(10, 500).await;
-    let hold = app.hold(product, qty).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold(product, qty).await.body["hold_id"]
+        .as_i64()
+        .unwrap();
     let order = app.order(hold).await.body["id"].as_i64().unwrap();
     (product, hold, order)
 }
@@ -34,7 +36,10 @@ async fn paid_webhook_marks_a_pending_order_paid(backend: Backend) {
         r.body,
         json!({"idempotency_key": "evt-1", "hold_id": hold, "order_id": order, "status": "paid", "state": "applied"})
     );
-    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "paid");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order}")).await.body["status"],
+        "paid"
+    );
     assert_eq!(app.available(product).await, 8);
     assert_audit(&db.url);
 }
@@ -47,7 +52,10 @@ async fn failed_webhook_cancels_the_order_and_returns_its_stock(backend: Backend
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["state"], "applied");
     assert_eq!(r.body["status"], "failed");
-    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "cancelled");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order}")).await.body["status"],
+        "cancelled"
+    );
     assert_eq!(app.available(product).await, 10, "stock is back at once");
     // Returned exactly once: a replay and another failed event give nothing back again.
     app.webhook("evt-f", hold, "failed").await;
@@ -83,10 +91,17 @@ async fn same_key_with_a_different_body_is_409_and_changes_nothing(backend: Back
     let (db, app) = setup!(backend);
     let (product, hold, order) = pending_order(&app, 1).await;
     assert_eq!(app.webhook("evt-x", hold, "paid").await.status, 200);
-    app.webhook("evt-x", hold, "failed").await.assert_error(409, "idempotency_key_reused");
+    app.webhook("evt-x", hold, "failed")
+        .await
+        .assert_error(409, "idempotency_key_reused");
     let (_, other_hold, _) = pending_order(&app, 1).await;
-    app.webhook("evt-x", other_hold, "paid").await.assert_error(409, "idempotency_key_reused");
-    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "paid");
+    app.webhook("evt-x", other_hold, "paid")
+        .await
+        .assert_error(409, "idempotency_key_reused");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order}")).await.body["status"],
+        "paid"
+    );
     assert_eq!(app.available(product).await, 9);
     assert_audit(&db.url);
 }
@@ -94,20 +109,32 @@ async fn same_key_with_a_different_body_is_409_and_changes_nothing(backend: Back
 async fn a_new_key_cannot_change_a_final_order(backend: Backend) {
     let (db, app) = setup!(backend);
     let (product, hold, order) = pending_order(&app, 2).await;
-    assert_eq!(app.webhook("evt-1", hold, "paid").await.body["state"], "applied");
+    assert_eq!(
+        app.webhook("evt-1", hold, "paid").await.body["state"],
+        "applied"
+    );
     let failed = app.webhook("evt-2", hold, "failed").await;
     assert_eq!(failed.status, 200);
     assert_eq!(failed.body["state"], "ignored");
-    assert_eq!(failed.body["status"], "paid", "ignored shows the order's current status");
+    assert_eq!(
+        failed.body["status"], "paid",
+        "ignored shows the order's current status"
+    );
     let double = app.webhook("evt-3", hold, "paid").await;
     assert_eq!(double.status, 200);
     assert_eq!(double.body["state"], "refund_required");
-    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "paid");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order}")).await.body["status"],
+        "paid"
+    );
     assert_eq!(app.available(product).await, 8);
 
     // A cancelled order stays cancelled: a late `paid` must be refunded.
     let (product2, hold2, order2) = pending_order(&app, 1).await;
-    assert_eq!(app.webhook("evt-4", hold2, "failed").await.body["state"], "applied");
+    assert_eq!(
+        app.webhook("evt-4", hold2, "failed").await.body["state"],
+        "applied"
+    );
     let late = app.webhook("evt-5", hold2, "paid").await;
     assert_eq!(late.status, 200);
     assert_eq!(late.body["state"], "refund_required");
@@ -115,7 +142,10 @@ async fn a_new_key_cannot_change_a_final_order(backend: Backend) {
     let ignored = app.webhook("evt-6", hold2, "failed").await;
     assert_eq!(ignored.body["state"], "ignored");
     assert_eq!(ignored.body["status"], "cancelled");
-    assert_eq!(app.get(&format!("/api/orders/{order2}")).await.body["status"], "cancelled");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order2}")).await.body["status"],
+        "cancelled"
+    );
     assert_eq!(app.available(product2).await, 10);
     assert_audit(&db.url);
 }
@@ -123,7 +153,9 @@ async fn a_new_key_cannot_change_a_final_order(backend: Backend) {
 async fn webhook_for_an_unknown_hold_is_404_and_records_nothing(backend: Backend) {
     let (db, app) = setup!(backend);
     let (_, hold, _) = pending_order(&app, 1).await;
-    app.webhook("evt-u", 987_654, "paid").await.assert_error(404, "hold_not_found");
+    app.webhook("evt-u", 987_654, "paid")
+        .await
+        .assert_error(404, "hold_not_found");
     // Nothing was recorded: the key is still free.
     let r = app.webhook("evt-u", hold, "paid").await;
     assert_eq!(r.status, 200);
@@ -153,7 +185,10 @@ async fn webhook_before_the_order_is_recorded_with_202(backend: Backend) {
     assert_eq!(failed.body["state"], "ignored");
     assert_eq!(failed.body["status"], "paid");
     let order_id = order.body["id"].as_i64().unwrap();
-    assert_eq!(app.get(&format!("/api/orders/{order_id}")).await.body["status"], "paid");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order_id}")).await.body["status"],
+        "paid"
+    );
     assert_eq!(app.available(product).await, 8);
     assert_audit(&db.url);
 }
@@ -163,16 +198,28 @@ async fn webhook_key_may_come_in_the_header_and_must_agree_with_the_body(backend
     let (_, hold, order) = pending_order(&app, 1).await;
     let body = json!({"hold_id": hold, "status": "paid"});
     let r = app
-        .request(Method::POST, "/api/payments/webhook", Some(&body), &[("idempotency-key", "hdr-1")])
+        .request(
+            Method::POST,
+            "/api/payments/webhook",
+            Some(&body),
+            &[("idempotency-key", "hdr-1")],
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["idempotency_key"], "hdr-1");
     assert_eq!(r.body["order_id"], order);
     let both = json!({"idempotency_key": "body-key", "hold_id": hold, "status": "paid"});
-    app.request(Method::POST, "/api/payments/webhook", Some(&both), &[("idempotency-key", "other")])
+    app.request(
+        Method::POST,
+        "/api/payments/webhook",
+        Some(&both),
+        &[("idempotency-key", "other")],
+    )
+    .await
+    .assert_error(422, "validation_error");
+    app.post("/api/payments/webhook", body)
         .await
         .assert_error(422, "validation_error");
-    app.post("/api/payments/webhook", body).await.assert_error(422, "validation_error");
     assert_audit(&db.url);
 }
 
@@ -180,21 +227,46 @@ async fn webhook_input_errors_are_4xx(backend: Backend) {
     let (db, app) = setup!(backend);
     let (product, hold, order) = pending_order(&app, 1).await;
     let cases = [
-        (json!({"idempotency_key": "k", "hold_id": hold, "status": "refunded"}), 422),
-        (json!({"idempotency_key": "k", "hold_id": "1", "status": "paid"}), 422),
-        (json!({"idempotency_key": 5, "hold_id": hold, "status": "paid"}), 422),
+        (
+            json!({"idempotency_key": "k", "hold_id": hold, "status": "refunded"}),
+            422,
+        ),
+        (
+            json!({"idempotency_key": "k", "hold_id": "1", "status": "paid"}),
+            422,
+        ),
+        (
+            json!({"idempotency_key": 5, "hold_id": hold, "status": "paid"}),
+            422,
+        ),
         (json!({"idempotency_key": "k", "status": "paid"}), 422),
-        (json!({"idempotency_key": "", "hold_id": hold, "status": "paid"}), 422),
-        (json!({"idempotency_key": "k".repeat(256), "hold_id": hold, "status": "paid"}), 422),
+        (
+            json!({"idempotency_key": "", "hold_id": hold, "status": "paid"}),
+            422,
+        ),
+        (
+            json!({"idempotency_key": "k".repeat(256), "hold_id": hold, "status": "paid"}),
+            422,
+        ),
     ];
     for (body, status) in cases {
         let r = app.post("/api/payments/webhook", body.clone()).await;
         assert_eq!(r.status.as_u16(), status, "{body} -> {}", r.body);
         assert_eq!(r.code(), "validation_error");
     }
-    let r = app.request_raw(Method::POST, "/api/payments/webhook", Some(b"{\"hold_id\":".to_vec()), &[]).await;
+    let r = app
+        .request_raw(
+            Method::POST,
+            "/api/payments/webhook",
+            Some(b"{\"hold_id\":".to_vec()),
+            &[],
+        )
+        .await;
     r.assert_error(400, "invalid_json");
-    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "pending");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order}")).await.body["status"],
+        "pending"
+    );
     assert_eq!(app.available(product).await, 9);
     assert_audit(&db.url);
 }
@@ -207,21 +279,39 @@ async fn signed_webhooks_require_a_valid_fresh_signature(backend: Backend) {
         let body = body.clone().into_bytes();
         let app = &app;
         async move {
-            let headers: Vec<(&str, String)> = sig.into_iter().map(|s| ("x-signature", s)).collect();
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            app.request_raw(Method::POST, "/api/payments/webhook", Some(body), &headers).await
+            let headers: Vec<(&str, String)> =
+                sig.into_iter().map(|s| ("x-signature", s)).collect();
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.request_raw(Method::POST, "/api/payments/webhook", Some(body), &headers)
+                .await
         }
     };
     let now = unix_now();
     post(None).await.assert_error(401, "invalid_signature");
-    post(Some("garbage".into())).await.assert_error(401, "invalid_signature");
-    post(Some(sign("wrong", now, body.as_bytes()))).await.assert_error(401, "invalid_signature");
-    post(Some(sign("new-secret", now - 301, body.as_bytes()))).await.assert_error(401, "invalid_signature");
-    post(Some(sign("new-secret", now, b"{}"))).await.assert_error(401, "invalid_signature");
-    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "pending", "refused events change nothing");
+    post(Some("garbage".into()))
+        .await
+        .assert_error(401, "invalid_signature");
+    post(Some(sign("wrong", now, body.as_bytes())))
+        .await
+        .assert_error(401, "invalid_signature");
+    post(Some(sign("new-secret", now - 301, body.as_bytes())))
+        .await
+        .assert_error(401, "invalid_signature");
+    post(Some(sign("new-secret", now, b"{}")))
+        .await
+        .assert_error(401, "invalid_signature");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order}")).await.body["status"],
+        "pending",
+        "refused events change nothing"
+    );
     let ok = post(Some(sign("old-secret", now, body.as_bytes()))).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.body["state"], "applied");
-    assert_eq!(app.get(&format!("/api/orders/{order}")).await.body["status"], "paid");
+    assert_eq!(
+        app.get(&format!("/api/orders/{order}")).await.body["status"],
+        "paid"
+    );
     assert_audit(&db.url);
 }
