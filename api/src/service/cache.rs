@@ -18,59 +18,101 @@ pub const TTL: Duration = Duration::from_millis(500);
 /// Bound on the number of products remembered (ids that do not exist included).
 const MAX_ENTRIES: usize = 100_000;
 
-#[derive(Default)]
 struct Slot {
-    generation: u64,
+    /// `epoch` at this product's last invalidation.
+    invalidated_at: u64,
     value: Option<(Option<ProductView>, Instant)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: HashMap<i64, Slot>,
+    /// Counts invalidations, of any product.
+    epoch: u64,
+    /// Slots evicted to bound memory forgot when they were invalidated: treat them as
+    /// invalidated at the eviction's epoch.
+    evicted_at: u64,
+}
+
+impl Inner {
+    fn invalidated_at(&self, id: i64) -> u64 {
+        self.slots
+            .get(&id)
+            .map_or(self.evicted_at, |s| s.invalidated_at)
+    }
+
+    /// Makes room by dropping expired entries; `false` when still full.
+    fn make_room(&mut self) -> bool {
+        if self.slots.len() < MAX_ENTRIES {
+            return true;
+        }
+        self.slots
+            .retain(|_, s| s.value.as_ref().is_some_and(|(_, at)| at.elapsed() < TTL));
+        self.evicted_at = self.epoch;
+        self.slots.len() < MAX_ENTRIES
+    }
 }
 
 /// Maps product id to its last answer (`None`: no such product).
 #[derive(Default)]
 pub struct ProductCache {
-    slots: Mutex<HashMap<i64, Slot>>,
+    inner: Mutex<Inner>,
 }
 
 /// A miss: the caller loads the value and hands it back with this ticket.
 pub struct Ticket {
     id: i64,
-    generation: u64,
+    epoch: u64,
 }
 
 impl ProductCache {
     /// A fresh cached answer, or a ticket to store one.
     pub fn get(&self, id: i64) -> Result<Option<ProductView>, Ticket> {
-        let mut slots = self.slots.lock().expect("cache lock poisoned");
-        let slot = slots.entry(id).or_default();
-        match &slot.value {
+        let inner = self.inner.lock().expect("cache lock poisoned");
+        match inner.slots.get(&id).and_then(|s| s.value.as_ref()) {
             Some((value, at)) if at.elapsed() < TTL => Ok(value.clone()),
             _ => Err(Ticket {
                 id,
-                generation: slot.generation,
+                epoch: inner.epoch,
             }),
         }
     }
 
-    /// Stores a value loaded after [`get`](Self::get) missed, unless the product changed since.
+    /// Stores a value loaded after [`get`](Self::get) missed, unless the product was
+    /// invalidated since the ticket was issued.
     pub fn put(&self, ticket: Ticket, value: Option<ProductView>, loaded_at: Instant) {
-        let mut slots = self.slots.lock().expect("cache lock poisoned");
-        if slots.len() >= MAX_ENTRIES {
-            slots.retain(|_, s| s.value.as_ref().is_some_and(|(_, at)| at.elapsed() < TTL));
-            if slots.len() >= MAX_ENTRIES {
-                return;
-            }
+        let mut inner = self.inner.lock().expect("cache lock poisoned");
+        if ticket.epoch < inner.invalidated_at(ticket.id) {
+            return;
         }
-        let slot = slots.entry(ticket.id).or_default();
-        if slot.generation == ticket.generation {
-            slot.value = Some((value, loaded_at));
+        if !inner.slots.contains_key(&ticket.id) && !inner.make_room() {
+            return;
         }
+        let invalidated_at = inner.invalidated_at(ticket.id);
+        inner.slots.insert(
+            ticket.id,
+            Slot {
+                invalidated_at,
+                value: Some((value, loaded_at)),
+            },
+        );
     }
 
     /// Forgets product `id`; reads that started earlier will not store their value.
     pub fn invalidate(&self, id: i64) {
-        let mut slots = self.slots.lock().expect("cache lock poisoned");
-        let slot = slots.entry(id).or_default();
-        slot.generation += 1;
-        slot.value = None;
+        let mut inner = self.inner.lock().expect("cache lock poisoned");
+        inner.epoch += 1;
+        let epoch = inner.epoch;
+        if !inner.slots.contains_key(&id) {
+            inner.make_room();
+        }
+        inner.slots.insert(
+            id,
+            Slot {
+                invalidated_at: epoch,
+                value: None,
+            },
+        );
     }
 }
 
@@ -108,6 +150,44 @@ mod tests {
         );
         cache.invalidate(1);
         assert!(cache.get(1).is_err());
+    }
+
+    #[test]
+    fn a_read_of_another_product_is_not_affected_by_an_invalidation() {
+        let cache = ProductCache::default();
+        let ticket = cache.get(2).unwrap_err();
+        cache.invalidate(1);
+        cache.put(ticket, Some(view(5)), Instant::now());
+        assert!(cache.get(2).is_ok());
+    }
+
+    #[test]
+    fn eviction_does_not_let_a_stale_read_in() {
+        let cache = ProductCache::default();
+        let stale = cache.get(1).unwrap_err();
+        cache.invalidate(1);
+        {
+            let mut inner = cache.inner.lock().unwrap();
+            for id in 10..(10 + MAX_ENTRIES as i64) {
+                inner.slots.insert(
+                    id,
+                    Slot {
+                        invalidated_at: 0,
+                        value: None,
+                    },
+                );
+            }
+            assert!(inner.make_room());
+            assert!(
+                !inner.slots.contains_key(&1),
+                "the invalidated slot was evicted"
+            );
+        }
+        cache.put(stale, Some(view(9)), Instant::now());
+        assert!(
+            cache.get(1).is_err(),
+            "stale value must not be cached after eviction"
+        );
     }
 
     #[test]

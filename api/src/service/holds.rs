@@ -6,7 +6,7 @@ use entity::{
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, LockType},
 };
 
 use super::{
@@ -116,18 +116,24 @@ impl Service {
     /// UPDATE (which also locks the product row on PostgreSQL), and only when that finds too
     /// little, lock the row, reclaim overdue holds and try again.
     async fn reserve(&self, req: &NewHold, hash: Option<&str>) -> Result<(HoldView, bool)> {
-        let now = now_ms();
         let txn = self.db.begin_write().await?;
         if !take_stock(&*txn, req.product_id, req.qty).await? {
             let Some(p) = product::Entity::find_by_id(req.product_id)
-                .lock_exclusive()
+                .lock(LockType::NoKeyUpdate)
                 .one(&*txn)
                 .await?
             else {
                 txn.rollback().await?;
                 return Err(Error::ProductNotFound(req.product_id));
             };
-            let reclaimed = reclaim_overdue_holds(&*txn, p.id, now).await?;
+            // A retry of a request that took the last units is a replay, not a refusal.
+            if let (Some(key), Some(hash)) = (&req.idempotency_key, hash)
+                && let Some(replay) = replay(&*txn, key, hash).await?
+            {
+                txn.rollback().await?;
+                return Ok((replay, true));
+            }
+            let reclaimed = reclaim_overdue_holds(&*txn, p.id, now_ms()).await?;
             if !take_stock(&*txn, p.id, req.qty).await? {
                 if reclaimed > 0 {
                     txn.commit().await?;
@@ -149,6 +155,8 @@ impl Service {
                 return Ok((replay, true));
             }
         }
+        // Read the clock only now that the locks are held: waiting must not shorten the TTL.
+        let now = now_ms();
         let hold = hold::ActiveModel {
             product_id: Set(req.product_id),
             qty: Set(req.qty),

@@ -7,7 +7,7 @@ use entity::{
 };
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set,
-    sea_query::Expr,
+    sea_query::{Expr, LockType},
 };
 
 use super::{Service, holds::is_overdue, now_ms};
@@ -43,17 +43,19 @@ impl Service {
     /// Creates the order for `hold_id`. Returns it and `true` when the hold already had one
     /// (a retry), in which case nothing changed.
     pub async fn create_order(&self, hold_id: i64) -> Result<(OrderView, bool)> {
-        let now = now_ms();
         let txn = self.db.begin_write().await?;
-        // The hold's row lock serialises every attempt to order it.
+        // The hold's row lock serialises every attempt to order it. (NO KEY UPDATE: the
+        // foreign-key checks of other transactions' inserts take KEY SHARE and must not wait.)
         let Some(h) = hold::Entity::find_by_id(hold_id)
-            .lock_exclusive()
+            .lock(LockType::NoKeyUpdate)
             .one(&*txn)
             .await?
         else {
             txn.rollback().await?;
             return Err(Error::HoldNotFound(hold_id));
         };
+        // The clock is read under the lock, so time spent waiting counts against the hold.
+        let now = now_ms();
         match h.status {
             HoldStatus::Ordered => {
                 let existing = order::Entity::find()

@@ -9,12 +9,13 @@ use entity::{
 };
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, sea_query::Expr,
+    QueryOrder, QuerySelect, Set,
+    sea_query::{Expr, LockType},
 };
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Service, holds::is_overdue, now_ms, products::release_stock, request_hash,
+    Service, holds::is_overdue, is_unique_violation, now_ms, products::release_stock, request_hash,
     validate_idempotency_key,
 };
 use crate::{Error, Result};
@@ -95,23 +96,39 @@ impl Service {
         if let Some(reply) = replay(&self.db.conn, &event.idempotency_key, &hash).await? {
             return Ok(reply);
         }
-        let now = now_ms();
+        match self.record_payment(&event, hash.clone()).await {
+            // One key used concurrently for holds of different products: the locks did not
+            // order the two, the primary key did. Answer as a retry would be answered.
+            Err(Error::Database(e)) if is_unique_violation(&e) => {
+                match replay(&self.db.conn, &event.idempotency_key, &hash).await? {
+                    Some(reply) => Ok(reply),
+                    None => Err(Error::Database(e)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn record_payment(&self, event: &PaymentEvent, hash: String) -> Result<WebhookReply> {
         let txn = self.db.begin_write().await?;
         let Some(h) = hold::Entity::find_by_id(event.hold_id).one(&*txn).await? else {
             txn.rollback().await?;
             return Err(Error::HoldNotFound(event.hold_id));
         };
         // Lock order: product, hold, order. The product is locked because a failed payment
-        // or an overdue hold gives stock back.
+        // or an overdue hold gives stock back. NO KEY UPDATE everywhere: foreign-key checks
+        // of concurrent inserts take KEY SHARE, which FOR UPDATE would block (a deadlock).
         product::Entity::find_by_id(h.product_id)
-            .lock_exclusive()
+            .lock(LockType::NoKeyUpdate)
             .one(&*txn)
             .await?;
         let h = hold::Entity::find_by_id(h.id)
-            .lock_exclusive()
+            .lock(LockType::NoKeyUpdate)
             .one(&*txn)
             .await?
             .expect("holds are never deleted");
+        // The clock is read under the locks: a hold that expired while we waited is expired.
+        let now = now_ms();
         // Concurrent deliveries of one key queue on the locks above; the first has committed.
         if let Some(reply) = replay(&*txn, &event.idempotency_key, &hash).await? {
             txn.rollback().await?;
@@ -119,7 +136,7 @@ impl Service {
         }
         let existing_order = order::Entity::find()
             .filter(order::Column::HoldId.eq(h.id))
-            .lock_exclusive()
+            .lock(LockType::NoKeyUpdate)
             .one(&*txn)
             .await?;
         let mut stock_released = false;

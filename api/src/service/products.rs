@@ -7,8 +7,9 @@ use entity::{
     product,
 };
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, QuerySelect, Set,
+    AccessMode, ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait,
+    IsolationLevel, PaginatorTrait, QueryFilter, QuerySelect, Set, TransactionOptions,
+    TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, Func},
 };
 
@@ -115,7 +116,18 @@ impl Service {
             Ok(hit) => hit,
             Err(ticket) => {
                 let loaded_at = Instant::now();
-                let found = load_product_view(&self.db.conn, id, now_ms()).await?;
+                // Both reads from one snapshot, so a hold reclaimed in between is not lost.
+                let snapshot = self
+                    .db
+                    .conn
+                    .begin_with_options(TransactionOptions {
+                        isolation_level: Some(IsolationLevel::RepeatableRead),
+                        access_mode: Some(AccessMode::ReadOnly),
+                        sqlite_transaction_mode: None,
+                    })
+                    .await?;
+                let found = load_product_view(&snapshot, id, now_ms()).await?;
+                snapshot.commit().await?;
                 self.cache.put(ticket, found.clone(), loaded_at);
                 found
             }

@@ -16,6 +16,7 @@ on_both_backends!(
     parallel_holds_with_one_idempotency_key_reserve_once,
     parallel_duplicate_webhooks_apply_exactly_once,
     parallel_conflicting_webhooks_settle_the_order_once,
+    orders_webhooks_and_holds_racing_on_one_product_never_fail,
 );
 
 fn count_statuses(replies: &[Reply]) -> BTreeMap<u16, usize> {
@@ -128,6 +129,27 @@ async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) 
     assert_eq!(ids.len(), 1);
     assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1);
     assert_eq!(app.available(product).await, 47);
+
+    // The same when the first request takes the last units: the retries are replays, not
+    // refusals for lack of stock.
+    let scarce = app.create_product(3, 100).await;
+    let body = json!({"product_id": scarce, "qty": 3});
+    let replies = join_all((0..20).map(|_| {
+        app.request(
+            Method::POST,
+            "/api/holds",
+            Some(&body),
+            &[("idempotency-key", "last-units")],
+        )
+    }))
+    .await;
+    assert!(
+        replies.iter().all(|r| r.status == 201),
+        "{:?}",
+        count_statuses(&replies)
+    );
+    assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1);
+    assert_eq!(app.available(scarce).await, 0);
     assert_audit(&db.url);
 }
 
@@ -209,6 +231,47 @@ async fn parallel_conflicting_webhooks_settle_the_order_once(backend: Backend) {
         cancelled += usize::from(status == "cancelled");
     }
     assert_eq!(app.available(product).await, 2 * cancelled as i64);
+    assert_audit(&db.url);
+}
+
+async fn orders_webhooks_and_holds_racing_on_one_product_never_fail(backend: Backend) {
+    // Goal: the transactions that lock the same product, hold and order rows in different
+    // roles never deadlock or fail: orders (hold lock, then a foreign-key check on the
+    // product), webhooks (product, hold, order) and refused holds (product, then overdue
+    // holds) all at once.
+    // Method: 30 holds on a product that is then sold out; in parallel, an order for every
+    // hold, a `paid` webhook for every hold (some land before their order), and 60 more
+    // hold requests that find no stock.
+    let (db, app) = setup!(backend);
+    let product = app.create_product(30, 100).await;
+    let holds: Vec<i64> = join_all((0..30).map(|_| app.hold(product, 1)))
+        .await
+        .iter()
+        .map(|r| r.body["hold_id"].as_i64().unwrap())
+        .collect();
+    let orders = join_all(holds.iter().map(|&h| app.order(h)));
+    let payments = join_all(holds.iter().map(|&h| {
+        let app = &app;
+        async move { app.webhook(&format!("race-{h}"), h, "paid").await }
+    }));
+    let refused = join_all((0..60).map(|_| app.hold(product, 1)));
+    let (orders, payments, refused) = tokio::join!(orders, payments, refused);
+    assert!(
+        orders.iter().all(|r| r.status == 201),
+        "{:?}",
+        count_statuses(&orders)
+    );
+    assert!(
+        payments.iter().all(|r| r.status == 200 || r.status == 202),
+        "{:?}",
+        count_statuses(&payments)
+    );
+    assert!(
+        refused.iter().all(|r| r.status == 409),
+        "{:?}",
+        count_statuses(&refused)
+    );
+    assert_eq!(app.available(product).await, 0);
     assert_audit(&db.url);
 }
 
