@@ -33,6 +33,14 @@ pub struct RulesConfig {
     pub max_qty_per_hold: i64,
 }
 
+/// The worker's schedule.
+#[derive(Args, Clone, Debug)]
+pub struct WorkerConfig {
+    /// Seconds between two periodic sweeps.
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub sweep_interval_secs: u64,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -66,6 +74,13 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+
+    /// Also run the worker's jobs and sweep in this process (one-process development setup).
+    #[arg(long, env = "WITH_WORKER")]
+    pub with_worker: bool,
 
     /// Create a demo product at start when the database has no product yet.
     #[arg(long, env = "DEMO")]

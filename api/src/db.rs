@@ -87,7 +87,10 @@ impl Db {
                     .execute(&mut *lock_conn)
                     .await
                     .map_err(sqlx_err)?;
-                let result = Migrator::up(&self.conn, None).await;
+                let result = match Migrator::up(&self.conn, None).await {
+                    Ok(()) => crate::jobs::setup(self).await,
+                    Err(e) => Err(e),
+                };
                 sqlx::query("SELECT pg_advisory_unlock($1)")
                     .bind(MIGRATION_LOCK_KEY)
                     .execute(&mut *lock_conn)
@@ -100,7 +103,11 @@ impl Db {
                 // that loses the race fails on the migration record and simply re-checks.
                 let mut attempt = 0;
                 loop {
-                    match Migrator::up(&self.conn, None).await {
+                    let result = match Migrator::up(&self.conn, None).await {
+                        Ok(()) => crate::jobs::setup(self).await,
+                        Err(e) => Err(e),
+                    };
+                    match result {
                         Ok(()) => return Ok(()),
                         Err(e) => {
                             attempt += 1;
@@ -121,12 +128,17 @@ impl Db {
         }
     }
 
-    /// Begins a transaction that is going to write.
-    pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
-        let gate = match &self.write_gate {
+    /// SQLite only: waits for this process's turn to write outside a [`WriteTxn`].
+    pub async fn write_gate(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.write_gate {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,
-        };
+        }
+    }
+
+    /// Begins a transaction that is going to write.
+    pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
+        let gate = self.write_gate().await;
         let txn = self
             .conn
             .begin_with_options(TransactionOptions {

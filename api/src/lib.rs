@@ -7,7 +7,9 @@ pub mod config;
 pub mod db;
 mod error;
 pub mod http;
+pub mod jobs;
 pub mod service;
+pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -63,6 +65,11 @@ impl App {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The service layer this app serves.
+    pub fn service(&self) -> Service {
+        self.state.svc.clone()
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.

@@ -1,7 +1,11 @@
-//! `flashsale-api`: parse configuration, start tracing, build, serve until a signal.
+//! `flashsale-api`: parse configuration, start tracing, build, serve until a signal
+//! (and, with `--with-worker`, run the worker's loops in the same process).
+
+use std::time::Duration;
 
 use api::{App, config::Config};
 use clap::Parser;
+use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,7 +16,25 @@ async fn main() -> anyhow::Result<()> {
     }
     let app = App::build(&config).await?;
     tracing::info!(addr = %app.local_addr(), "flashsale-api listening");
-    app.run(api::shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = config.with_worker.then(|| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(api::worker::run(
+            app.service(),
+            Duration::from_secs(config.worker.sweep_interval_secs),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    app.run(async move {
+        api::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await?;
+    if let Some(worker) = worker {
+        worker.await??;
+    }
     tracing::info!("flashsale-api stopped");
     Ok(())
 }

@@ -374,6 +374,105 @@ fn listening_addr(line: &str) -> Option<String> {
     (v["message"] == "flashsale-api listening").then(|| v["addr"].as_str().map(str::to_owned))?
 }
 
+/// A running `flashsale-worker run`, killed (SIGKILL) on drop.
+pub struct TestWorker {
+    child: Child,
+}
+
+impl TestWorker {
+    /// Starts `flashsale-worker run` on `db_url` with extra environment `env`.
+    pub fn spawn(db_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin("flashsale-worker"));
+        cmd.env("DATABASE_URL", db_url)
+            .env("RUST_LOG", "warn")
+            .env("SWEEP_INTERVAL_SECS", "1")
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("spawn flashsale-worker"),
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it exited cleanly.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `flashsale-worker sweep` on `db_url`; returns what it printed.
+pub fn sweep(db_url: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(bin("flashsale-worker"));
+    cmd.env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .arg("sweep");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run flashsale-worker sweep");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "sweep failed:\n{text}");
+    text
+}
+
+/// The stored `status` column of row `id` of `table` (what the worker keeps true).
+pub async fn stored_status(db_url: &str, table: &str, id: i64) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let conn = sea_orm::Database::connect(db_url).await.expect("connect");
+    let stmt = Statement::from_string(
+        conn.get_database_backend(),
+        format!("SELECT status FROM {table} WHERE id = {id}"),
+    );
+    let row = conn
+        .query_one_raw(stmt)
+        .await
+        .expect("query")
+        .expect("row exists");
+    let status: String = row.try_get("", "status").expect("status column");
+    conn.close().await.ok();
+    status
+}
+
+/// Polls `check` every 100 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs `flashsale-worker audit` on `db_url`: whether it passed, and what it printed.
 pub fn audit(db_url: &str) -> (bool, String) {
     let out = Command::new(bin("flashsale-worker"))

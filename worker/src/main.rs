@@ -1,10 +1,18 @@
-//! `flashsale-worker`: operator commands over the same service layer as the API.
+//! `flashsale-worker`: the background process, and one-shot commands for operators.
 //!
-//! `audit` checks the stock invariant of every product and exits 1 when any breaks it.
+//! - `run` (the default): apalis workers for `ExpireHold` and `CheckPendingWebhook`, and a
+//!   sweep every `SWEEP_INTERVAL_SECS`, until SIGINT/SIGTERM.
+//! - `sweep`: one sweep until nothing is left to do (for cron), then a list of payments
+//!   that must be refunded.
+//! - `audit`: checks the stock invariant of every product; exit status 1 when it is broken.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
-use api::{config::DatabaseConfig, db::Db, service::audit};
+use api::{
+    config::{DatabaseConfig, LogFormat, RulesConfig, WorkerConfig},
+    db::Db,
+    service::{Service, audit},
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -17,25 +25,80 @@ struct Cli {
     #[command(flatten)]
     database: DatabaseConfig,
 
+    #[command(flatten)]
+    rules: RulesConfig,
+
+    #[command(flatten)]
+    worker: WorkerConfig,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the job workers and the periodic sweep until SIGINT/SIGTERM (the default).
+    Run,
+    /// Sweep once until nothing is left: expire overdue holds, apply recorded payments,
+    /// cancel unpaid orders; then list payments that must be refunded.
+    Sweep,
     /// Check `total_stock = available + held + ordered` for every product; exit 1 if broken.
     Audit,
 }
 
+/// Bound on the passes of one `sweep` command.
+const MAX_SWEEP_PASSES: usize = 1000;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    api::config::init_tracing(api::config::LogFormat::Text);
+    api::config::init_tracing(cli.log_format);
     let db = Db::connect(&cli.database).await?;
     db.migrate().await?;
-    match cli.command {
-        Command::Audit => run_audit(&db).await,
+    let svc = Service::new(db, cli.rules);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let interval = Duration::from_secs(cli.worker.sweep_interval_secs);
+            api::worker::run(svc, interval, api::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sweep => sweep(&svc).await,
+        Command::Audit => run_audit(&svc.db).await,
     }
+}
+
+async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
+    let mut total = api::service::upkeep::SweepReport::default();
+    for _ in 0..MAX_SWEEP_PASSES {
+        let report = svc.sweep_once().await?;
+        total.expired_hold_units += report.expired_hold_units;
+        total.settled_payments += report.settled_payments;
+        total.cancelled_orders += report.cancelled_orders;
+        total.refund_required = report.refund_required;
+        if report.is_idle() {
+            break;
+        }
+    }
+    println!(
+        "sweep: {} unit(s) of expired holds returned, {} recorded payment(s) settled, {} unpaid order(s) cancelled",
+        total.expired_hold_units, total.settled_payments, total.cancelled_orders
+    );
+    println!("refund required: {} payment(s)", total.refund_required);
+    for p in svc.refunds_required(100).await? {
+        println!(
+            "  key={} hold_id={} order_id={} at_ms={}",
+            p.idempotency_key,
+            p.hold_id,
+            p.order_id
+                .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+            p.created_at_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_audit(db: &Db) -> anyhow::Result<ExitCode> {

@@ -172,6 +172,9 @@ impl Service {
         .await?;
         txn.commit().await?;
         self.cache.invalidate(req.product_id);
+        self.jobs
+            .expire_hold(&self.db, hold.id, hold.expires_at_ms)
+            .await;
         tracing::debug!(
             hold_id = hold.id,
             product_id = hold.product_id,

@@ -11,12 +11,13 @@ pub mod holds;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod upkeep;
 
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::{config::RulesConfig, db::Db};
+use crate::{config::RulesConfig, db::Db, jobs::JobQueue};
 
 pub use cache::ProductCache;
 
@@ -29,11 +30,13 @@ pub struct Service {
     pub db: Db,
     pub rules: Arc<RulesConfig>,
     pub cache: Arc<ProductCache>,
+    pub jobs: JobQueue,
 }
 
 impl Service {
     pub fn new(db: Db, rules: RulesConfig) -> Self {
         Self {
+            jobs: JobQueue::new(&db),
             db,
             rules: Arc::new(rules),
             cache: Arc::new(ProductCache::default()),
@@ -42,6 +45,10 @@ impl Service {
 
     fn hold_ttl_ms(&self) -> i64 {
         i64::try_from(self.rules.hold_ttl_secs).expect("bounded by config") * 1000
+    }
+
+    fn order_payment_ttl_ms(&self) -> i64 {
+        i64::try_from(self.rules.order_payment_ttl_secs).expect("bounded by config") * 1000
     }
 }
 

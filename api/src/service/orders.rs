@@ -107,6 +107,7 @@ impl Service {
             .await?;
         assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
         txn.commit().await?;
+        self.jobs.check_pending_webhook(&self.db, h.id).await;
         tracing::debug!(order_id = o.id, hold_id = h.id, "order created");
         Ok((o.into(), false))
     }

@@ -150,7 +150,7 @@ impl Service {
                 let settled = settle(&*txn, &o, &candidates, now).await?;
                 stock_released = settled.stock_released;
                 let (new, earlier) = settled.outcomes.split_last().expect("the new event");
-                record_outcomes(&*txn, &candidates, earlier, o.id, now).await?;
+                record_outcomes(&*txn, &candidates, earlier, Some(o.id), now).await?;
                 let shown = match new {
                     PaymentOutcome::Ignored => settled.order_status.to_value(),
                     _ => event.status.to_value(),
@@ -232,23 +232,23 @@ impl Service {
 }
 
 /// A recorded or arriving payment event taking part in a settlement.
-struct Candidate {
-    key: String,
-    status: PaymentStatus,
+pub(super) struct Candidate {
+    pub key: String,
+    pub status: PaymentStatus,
 }
 
 /// What settling an order's payments did.
-struct Settlement {
-    order_status: OrderStatus,
+pub(super) struct Settlement {
+    pub order_status: OrderStatus,
     /// One per candidate, in the same order.
-    outcomes: Vec<PaymentOutcome>,
-    stock_released: bool,
+    pub outcomes: Vec<PaymentOutcome>,
+    pub stock_released: bool,
 }
 
 /// Decides the order's fate from the events not yet applied, oldest first. A `paid` wins
 /// over any `failed`; a second `paid` is a double charge; anything after the order is final
 /// changes nothing. The caller holds the product, hold and order locks.
-async fn settle(
+pub(super) async fn settle(
     conn: &impl ConnectionTrait,
     o: &order::Model,
     candidates: &[Candidate],
@@ -289,7 +289,7 @@ async fn settle(
 }
 
 /// Moves a pending order to `status`.
-async fn finish_order(
+pub(super) async fn finish_order(
     conn: &impl ConnectionTrait,
     o: &order::Model,
     status: OrderStatus,
@@ -311,7 +311,10 @@ async fn finish_order(
 }
 
 /// Recorded events of `hold_id` still waiting for its order, oldest first.
-async fn unapplied_payments(conn: &impl ConnectionTrait, hold_id: i64) -> Result<Vec<Candidate>> {
+pub(super) async fn unapplied_payments(
+    conn: &impl ConnectionTrait,
+    hold_id: i64,
+) -> Result<Vec<Candidate>> {
     Ok(payment::Entity::find()
         .filter(payment::Column::HoldId.eq(hold_id))
         .filter(payment::Column::Outcome.is_null())
@@ -328,11 +331,11 @@ async fn unapplied_payments(conn: &impl ConnectionTrait, hold_id: i64) -> Result
 }
 
 /// Stores the outcomes of recorded events settled along with a newer one.
-async fn record_outcomes(
+pub(super) async fn record_outcomes(
     conn: &impl ConnectionTrait,
     candidates: &[Candidate],
     outcomes: &[PaymentOutcome],
-    order_id: i64,
+    order_id: Option<i64>,
     now: i64,
 ) -> Result<()> {
     for (c, outcome) in candidates.iter().zip(outcomes) {
@@ -349,7 +352,7 @@ async fn record_outcomes(
 }
 
 /// Marks an overdue hold expired and gives its units back.
-async fn expire_hold(conn: &impl ConnectionTrait, h: &hold::Model) -> Result<()> {
+pub(super) async fn expire_hold(conn: &impl ConnectionTrait, h: &hold::Model) -> Result<()> {
     let res = hold::Entity::update_many()
         .col_expr(
             hold::Column::Status,

@@ -5,3 +5,4 @@ mod concurrency;
 mod contract;
 mod expiry;
 mod webhook;
+mod worker;

@@ -1,0 +1,159 @@
+//! Background jobs, their queue, and pushing them. The job types live here, in the crate
+//! both processes share, because apalis names a queue after its job type.
+//!
+//! Jobs are pushed right after the transaction that calls for them commits: apalis pushes
+//! through its own connection, not ours, so a crash between commit and push can lose a
+//! push. Nothing depends on it: expiry is enforced by every query, and the periodic sweep
+//! finds overdue holds and waiting payments from the data itself.
+
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use sea_orm::DbBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::db::Db;
+
+/// Marks a hold `expired` once its time is up, unless it was ordered or paid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireHold {
+    pub hold_id: i64,
+}
+
+/// Applies payments recorded for a hold before its order existed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckPendingWebhook {
+    pub hold_id: i64,
+}
+
+/// Attempts a job gets before apalis stops re-running it; the sweep covers the rest.
+pub const MAX_ATTEMPTS: usize = 10;
+
+/// The apalis storages of this database.
+#[derive(Clone)]
+pub enum JobQueue {
+    Sqlite {
+        expire: SqliteStorage<ExpireHold>,
+        check: SqliteStorage<CheckPendingWebhook>,
+    },
+    Postgres {
+        expire: PostgresStorage<ExpireHold>,
+        check: PostgresStorage<CheckPendingWebhook>,
+    },
+}
+
+impl std::fmt::Debug for JobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobQueue")
+    }
+}
+
+/// Seconds after `expires_at` at which an `ExpireHold` runs: apalis schedules in whole
+/// seconds and may start a job up to a second early.
+const EXPIRY_SLACK_SECS: u64 = 1;
+
+impl JobQueue {
+    pub fn new(db: &Db) -> Self {
+        match db.backend() {
+            DbBackend::Postgres => {
+                let pool = db.conn.get_postgres_connection_pool();
+                Self::Postgres {
+                    expire: PostgresStorage::new(pool),
+                    check: PostgresStorage::new(pool),
+                }
+            }
+            _ => {
+                let pool = db.conn.get_sqlite_connection_pool();
+                Self::Sqlite {
+                    expire: SqliteStorage::new(pool),
+                    check: SqliteStorage::new(pool),
+                }
+            }
+        }
+    }
+
+    /// Schedules the expiry of hold `hold_id`, due at `expires_at_ms`.
+    pub async fn expire_hold(&self, db: &Db, hold_id: i64, expires_at_ms: i64) {
+        let due_secs = (expires_at_ms + 999) / 1000;
+        let run_at = u64::try_from(due_secs).unwrap_or(0) + EXPIRY_SLACK_SECS;
+        let task = TaskBuilder::new(ExpireHold { hold_id })
+            .run_at_timestamp(run_at)
+            .idempotency_key(format!("expire-hold-{hold_id}"))
+            .max_attempts(MAX_ATTEMPTS)
+            .build();
+        let _gate = db.write_gate().await;
+        let result = match self {
+            Self::Sqlite { expire, .. } => expire
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
+            Self::Postgres { expire, .. } => expire
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        report("ExpireHold", hold_id, result);
+    }
+
+    /// Asks the worker to apply any payment recorded for `hold_id` before its order.
+    pub async fn check_pending_webhook(&self, db: &Db, hold_id: i64) {
+        let task = TaskBuilder::new(CheckPendingWebhook { hold_id })
+            .idempotency_key(format!("check-webhook-{hold_id}"))
+            .max_attempts(MAX_ATTEMPTS)
+            .build();
+        let _gate = db.write_gate().await;
+        let result = match self {
+            Self::Sqlite { check, .. } => check
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
+            Self::Postgres { check, .. } => check
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        report("CheckPendingWebhook", hold_id, result);
+    }
+}
+
+fn report(job: &str, hold_id: i64, result: Result<(), String>) {
+    match result {
+        Ok(()) => tracing::debug!(job, hold_id, "job queued"),
+        // PostgreSQL refuses a second job with the same key; SQLite ignores it. Either way
+        // the job is queued already.
+        Err(e) if e.contains("duplicate key") || e.contains("unique") => {
+            tracing::debug!(job, hold_id, "job already queued");
+        }
+        Err(e) => {
+            tracing::warn!(job, hold_id, error = %e, "could not queue job; the sweep will do its work")
+        }
+    }
+}
+
+/// Creates or upgrades apalis's own tables.
+pub async fn setup(db: &Db) -> Result<(), sea_orm::DbErr> {
+    let result = match db.backend() {
+        DbBackend::Postgres => {
+            // sqlx's migrator takes its own advisory lock on PostgreSQL.
+            PostgresStorage::migrations()
+                .run(db.conn.get_postgres_connection_pool())
+                .await
+        }
+        // Not `SqliteStorage::setup`: it would set `synchronous = OFF` on a shared connection.
+        _ => {
+            SqliteStorage::migrations()
+                .run(db.conn.get_sqlite_connection_pool())
+                .await
+        }
+    };
+    result.map_err(|e| sea_orm::DbErr::Custom(format!("job queue setup: {e}")))
+}
+
+/// How often the worker polls for due jobs.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);

@@ -1,0 +1,275 @@
+//! What the worker does, as plain service calls: expire holds, apply payments that came
+//! before their order, cancel orders left unpaid, and the sweep that does all of it from
+//! the data alone. Every call re-checks state in its own transaction, so running it twice,
+//! or in two processes at once, changes nothing the second time.
+
+use entity::{
+    hold::{self, HoldStatus},
+    order::{self, OrderStatus},
+    payment::{self, PaymentOutcome, PaymentStatus},
+    product,
+};
+use sea_orm::{
+    ActiveEnum, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::LockType,
+};
+
+use super::{
+    Service,
+    holds::is_overdue,
+    now_ms,
+    payments::{Candidate, expire_hold, finish_order, record_outcomes, settle, unapplied_payments},
+    products::{reclaim_overdue_holds, release_stock},
+};
+use crate::Result;
+
+/// Most rows of each kind one sweep pass handles; the next pass takes the rest.
+pub const SWEEP_BATCH: u64 = 500;
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Units given back by holds marked expired.
+    pub expired_hold_units: i64,
+    /// Payments recorded before their order and now applied, ignored or flagged.
+    pub settled_payments: usize,
+    /// Orders cancelled for non-payment.
+    pub cancelled_orders: usize,
+    /// Payments that must be refunded, all time.
+    pub refund_required: u64,
+}
+
+impl SweepReport {
+    /// `true` when the pass found nothing to do.
+    pub fn is_idle(&self) -> bool {
+        self.expired_hold_units == 0 && self.settled_payments == 0 && self.cancelled_orders == 0
+    }
+}
+
+impl Service {
+    /// Marks hold `hold_id` expired and returns its units if it is overdue. Returns whether
+    /// it did; `false` when the hold is gone, ordered, paid, already expired or not yet due.
+    pub async fn expire_hold_if_due(&self, hold_id: i64) -> Result<bool> {
+        let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
+            return Ok(false);
+        };
+        let txn = self.db.begin_write().await?;
+        product::Entity::find_by_id(h.product_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?;
+        let h = hold::Entity::find_by_id(hold_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?
+            .expect("holds are never deleted");
+        if !is_overdue(&h, now_ms()) {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        expire_hold(&*txn, &h).await?;
+        txn.commit().await?;
+        self.cache.invalidate(h.product_id);
+        tracing::info!(
+            hold_id,
+            product_id = h.product_id,
+            qty = h.qty,
+            "hold expired"
+        );
+        Ok(true)
+    }
+
+    /// Settles the payments recorded for `hold_id` that wait for its order. Returns how
+    /// many were settled (0 while the order does not exist and the hold is still live).
+    pub async fn settle_recorded_payments(&self, hold_id: i64) -> Result<usize> {
+        let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
+            return Ok(0);
+        };
+        let txn = self.db.begin_write().await?;
+        product::Entity::find_by_id(h.product_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?;
+        let h = hold::Entity::find_by_id(hold_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?
+            .expect("holds are never deleted");
+        let candidates = unapplied_payments(&*txn, hold_id).await?;
+        if candidates.is_empty() {
+            txn.rollback().await?;
+            return Ok(0);
+        }
+        let now = now_ms();
+        let existing_order = order::Entity::find()
+            .filter(order::Column::HoldId.eq(hold_id))
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?;
+        let mut stock_released = false;
+        match existing_order {
+            Some(o) => {
+                let settled = settle(&*txn, &o, &candidates, now).await?;
+                stock_released = settled.stock_released;
+                record_outcomes(&*txn, &candidates, &settled.outcomes, Some(o.id), now).await?;
+                tracing::info!(hold_id, order_id = o.id, order_status = %settled.order_status.to_value(), "recorded payments applied");
+                log_refunds(&candidates, &settled.outcomes, hold_id);
+            }
+            None if h.status == HoldStatus::Expired || is_overdue(&h, now) => {
+                // The order can never come: nothing to apply these to.
+                if h.status == HoldStatus::Active {
+                    expire_hold(&*txn, &h).await?;
+                    stock_released = true;
+                }
+                let outcomes: Vec<PaymentOutcome> = candidates
+                    .iter()
+                    .map(|c| match c.status {
+                        PaymentStatus::Paid => PaymentOutcome::RefundRequired,
+                        PaymentStatus::Failed => PaymentOutcome::Ignored,
+                    })
+                    .collect();
+                record_outcomes(&*txn, &candidates, &outcomes, None, now).await?;
+                log_refunds(&candidates, &outcomes, hold_id);
+            }
+            None => {
+                txn.rollback().await?;
+                return Ok(0);
+            }
+        }
+        txn.commit().await?;
+        if stock_released {
+            self.cache.invalidate(h.product_id);
+        }
+        Ok(candidates.len())
+    }
+
+    /// Cancels order `order_id` and returns its stock if it is still pending past
+    /// `ORDER_PAYMENT_TTL_SECS`, unless a payment recorded for it says it was paid.
+    pub async fn cancel_if_unpaid(&self, order_id: i64) -> Result<bool> {
+        let Some(o) = order::Entity::find_by_id(order_id)
+            .one(&self.db.conn)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let txn = self.db.begin_write().await?;
+        product::Entity::find_by_id(o.product_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?;
+        hold::Entity::find_by_id(o.hold_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?;
+        let o = order::Entity::find_by_id(order_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?
+            .expect("orders are never deleted");
+        let now = now_ms();
+        if o.status != OrderStatus::Pending || now - o.created_at_ms < self.order_payment_ttl_ms() {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        // Events recorded before the order decide first: a recorded `paid` wins.
+        let candidates = unapplied_payments(&*txn, o.hold_id).await?;
+        let cancelled = if candidates.is_empty() {
+            finish_order(&*txn, &o, OrderStatus::Cancelled, now).await?;
+            release_stock(&*txn, o.product_id, o.qty).await?;
+            true
+        } else {
+            let settled = settle(&*txn, &o, &candidates, now).await?;
+            record_outcomes(&*txn, &candidates, &settled.outcomes, Some(o.id), now).await?;
+            settled.order_status == OrderStatus::Cancelled
+        };
+        txn.commit().await?;
+        if cancelled {
+            self.cache.invalidate(o.product_id);
+            tracing::info!(order_id, hold_id = o.hold_id, "unpaid order cancelled");
+        }
+        Ok(cancelled)
+    }
+
+    /// One pass over everything the worker keeps true, at most [`SWEEP_BATCH`] of each kind.
+    pub async fn sweep_once(&self) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let now = now_ms();
+
+        let products: Vec<i64> = hold::Entity::find()
+            .select_only()
+            .column(hold::Column::ProductId)
+            .distinct()
+            .filter(hold::Column::Status.eq(HoldStatus::Active))
+            .filter(hold::Column::ExpiresAtMs.lte(now))
+            .filter(hold::Column::PaidAtMs.is_null())
+            .limit(SWEEP_BATCH)
+            .into_tuple()
+            .all(&self.db.conn)
+            .await?;
+        for product_id in products {
+            let txn = self.db.begin_write().await?;
+            product::Entity::find_by_id(product_id)
+                .lock(LockType::NoKeyUpdate)
+                .one(&*txn)
+                .await?;
+            let units = reclaim_overdue_holds(&*txn, product_id, now_ms()).await?;
+            txn.commit().await?;
+            if units > 0 {
+                self.cache.invalidate(product_id);
+                tracing::info!(product_id, units, "overdue holds expired");
+            }
+            report.expired_hold_units += units;
+        }
+
+        let waiting: Vec<i64> = payment::Entity::find()
+            .select_only()
+            .column(payment::Column::HoldId)
+            .distinct()
+            .filter(payment::Column::Outcome.is_null())
+            .limit(SWEEP_BATCH)
+            .into_tuple()
+            .all(&self.db.conn)
+            .await?;
+        for hold_id in waiting {
+            report.settled_payments += self.settle_recorded_payments(hold_id).await?;
+        }
+
+        let unpaid: Vec<i64> = order::Entity::find()
+            .select_only()
+            .column(order::Column::Id)
+            .filter(order::Column::Status.eq(OrderStatus::Pending))
+            .filter(order::Column::CreatedAtMs.lte(now - self.order_payment_ttl_ms()))
+            .order_by_asc(order::Column::Id)
+            .limit(SWEEP_BATCH)
+            .into_tuple()
+            .all(&self.db.conn)
+            .await?;
+        for order_id in unpaid {
+            report.cancelled_orders += usize::from(self.cancel_if_unpaid(order_id).await?);
+        }
+
+        report.refund_required = payment::Entity::find()
+            .filter(payment::Column::Outcome.eq(PaymentOutcome::RefundRequired))
+            .count(&self.db.conn)
+            .await?;
+        Ok(report)
+    }
+
+    /// Payments flagged `refund_required`, newest first, at most `limit`.
+    pub async fn refunds_required(&self, limit: u64) -> Result<Vec<payment::Model>> {
+        Ok(payment::Entity::find()
+            .filter(payment::Column::Outcome.eq(PaymentOutcome::RefundRequired))
+            .order_by_desc(payment::Column::CreatedAtMs)
+            .limit(limit)
+            .all(&self.db.conn)
+            .await?)
+    }
+}
+
+fn log_refunds(candidates: &[Candidate], outcomes: &[PaymentOutcome], hold_id: i64) {
+    for (c, o) in candidates.iter().zip(outcomes) {
+        if *o == PaymentOutcome::RefundRequired {
+            tracing::warn!(idempotency_key = %c.key, hold_id, "payment cannot be honoured: refund required");
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The worker as its own process: delayed expiry, payments that came before their order,
+//! unpaid orders, the one-shot sweep, and a worker killed mid-flight.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tests::{
+    Backend, TestApp, TestWorker, assert_audit, eventually, on_both_backends, setup, stored_status,
+    sweep,
+};
+
+on_both_backends!(
+    paid_webhook_before_the_order_makes_the_order_paid_once_it_exists,
+    failed_webhook_before_the_order_cancels_it_and_returns_the_stock_once,
+    paid_hold_outlives_its_ttl_and_becomes_a_paid_order_with_the_worker_running,
+    holds_expire_to_expired_with_the_worker_and_with_the_sweep_command,
+    unpaid_order_past_its_payment_ttl_is_cancelled_and_its_stock_returned,
+    storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent,
+    killed_worker_loses_no_job_and_two_workers_double_nothing,
+);
+
+const WITHIN: Duration = Duration::from_secs(2);
+
+async fn order_status(app: &TestApp, order: i64) -> String {
+    app.get(&format!("/api/orders/{order}")).await.body["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn paid_webhook_before_the_order_makes_the_order_paid_once_it_exists(backend: Backend) {
+    let (db, app) = setup!(backend);
+    let _worker = TestWorker::spawn(&db.url, &[]);
+    let product = app.create_product(10, 100).await;
+    let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let early = app.webhook("early-paid", hold, "paid").await;
+    assert_eq!(early.status, 202);
+    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    assert!(
+        eventually(WITHIN, || async {
+            order_status(&app, order).await == "paid"
+        })
+        .await,
+        "order not paid within 2 s"
+    );
+    // The early event still replays its first answer.
+    let replay = app.webhook("early-paid", hold, "paid").await;
+    assert_eq!(replay.status, 202);
+    assert!(replay.replayed());
+    assert_eq!(app.available(product).await, 8);
+    assert_audit(&db.url);
+}
+
+async fn failed_webhook_before_the_order_cancels_it_and_returns_the_stock_once(backend: Backend) {
+    let (db, app) = setup!(backend, &[("HOLD_TTL_SECS", "1")]);
+    let env = [("HOLD_TTL_SECS", "1")];
+    let _worker = TestWorker::spawn(&db.url, &env);
+    let product = app.create_product(10, 100).await;
+    let hold = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
+    assert_eq!(
+        app.webhook("early-failed", hold, "failed").await.status,
+        202
+    );
+    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    assert!(
+        eventually(WITHIN, || async {
+            order_status(&app, order).await == "cancelled"
+        })
+        .await,
+        "order not cancelled within 2 s"
+    );
+    assert_eq!(app.available(product).await, 10);
+    // Past the hold's expiry and through more sweeps, the stock stays exactly right.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sweep(&db.url, &env);
+    sweep(&db.url, &env);
+    assert_eq!(app.available(product).await, 10);
+    assert_eq!(order_status(&app, order).await, "cancelled");
+    assert_audit(&db.url);
+}
+
+async fn paid_hold_outlives_its_ttl_and_becomes_a_paid_order_with_the_worker_running(
+    backend: Backend,
+) {
+    let env = [("HOLD_TTL_SECS", "1")];
+    let (db, app) = setup!(backend, &env);
+    let _worker = TestWorker::spawn(&db.url, &env);
+    let product = app.create_product(4, 100).await;
+    let hold = app.hold(product, 4).await.body["hold_id"].as_i64().unwrap();
+    assert_eq!(app.webhook("paid-first", hold, "paid").await.status, 202);
+    // Well past the TTL, with ExpireHold due and sweeps running.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(stored_status(&db.url, "holds", hold).await, "active");
+    assert_eq!(app.available(product).await, 0);
+    let order = app.order(hold).await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let order = order.body["id"].as_i64().unwrap();
+    assert!(
+        eventually(WITHIN, || async {
+            order_status(&app, order).await == "paid"
+        })
+        .await
+    );
+    assert_audit(&db.url);
+}
+
+async fn holds_expire_to_expired_with_the_worker_and_with_the_sweep_command(backend: Backend) {
+    let env = [("HOLD_TTL_SECS", "1"), ("SWEEP_INTERVAL_SECS", "3600")];
+    let (db, app) = setup!(backend, &env);
+    let product = app.create_product(10, 100).await;
+    // With the worker running, its ExpireHold jobs do it (the sweep is an hour away).
+    let worker = TestWorker::spawn(&db.url, &env);
+    let first = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let db_url = db.url.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let url = db_url.clone();
+            async move { stored_status(&url, "holds", first).await == "expired" }
+        })
+        .await,
+        "ExpireHold did not run"
+    );
+    assert!(worker.terminate(), "SIGTERM: the worker exits cleanly");
+    // With the worker stopped, the one-shot sweep does it.
+    let second = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(stored_status(&db.url, "holds", second).await, "active");
+    let out = sweep(&db.url, &env);
+    assert!(out.contains("3 unit(s) of expired holds returned"), "{out}");
+    assert_eq!(stored_status(&db.url, "holds", second).await, "expired");
+    let again = sweep(&db.url, &env);
+    assert!(
+        again.contains("0 unit(s) of expired holds returned"),
+        "{again}"
+    );
+    assert_eq!(app.available(product).await, 10);
+    assert_audit(&db.url);
+}
+
+async fn unpaid_order_past_its_payment_ttl_is_cancelled_and_its_stock_returned(backend: Backend) {
+    let env = [("ORDER_PAYMENT_TTL_SECS", "1")];
+    let (db, app) = setup!(backend, &env);
+    let _worker = TestWorker::spawn(&db.url, &env);
+    let product = app.create_product(5, 100).await;
+    let hold = app.hold(product, 5).await.body["hold_id"].as_i64().unwrap();
+    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    assert!(
+        eventually(Duration::from_secs(4), || async {
+            order_status(&app, order).await == "cancelled"
+        })
+        .await,
+        "unpaid order not cancelled"
+    );
+    assert_eq!(app.available(product).await, 5);
+    // A payment arriving now cannot be honoured.
+    let late = app.webhook("too-late", hold, "paid").await;
+    assert_eq!(late.body["state"], "refund_required");
+    assert!(sweep(&db.url, &env).contains("refund required: 1 payment(s)"));
+    assert_eq!(app.available(product).await, 5);
+    assert_audit(&db.url);
+}
+
+async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(backend: Backend) {
+    // Goal: the provider's verdict is final for every order, whatever the order of events.
+    // Method: 60 parallel buyers race for 40 units; every winner's payment event is sent
+    // twice, for half of the winners before the order exists; every fifth payment fails;
+    // orders are created in parallel with the events; the worker runs throughout.
+    let (db, app) = setup!(backend);
+    let _worker = TestWorker::spawn(&db.url, &[]);
+    let product = app.create_product(40, 100).await;
+    let holds: Vec<i64> = join_all((0..60).map(|_| app.hold(product, 1)))
+        .await
+        .iter()
+        .filter_map(|r| r.body["hold_id"].as_i64())
+        .collect();
+    assert_eq!(holds.len(), 40);
+    let verdict = |i: usize| if i.is_multiple_of(5) { "failed" } else { "paid" };
+    // Half get their events before their order; all get each event twice.
+    let early = join_all(
+        holds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .flat_map(|(i, &h)| {
+                let app = &app;
+                (0..2).map(move |_| async move {
+                    app.webhook(&format!("storm-{h}"), h, verdict(i)).await
+                })
+            }),
+    )
+    .await;
+    assert!(
+        early.iter().all(|r| r.status == 202),
+        "early events are recorded"
+    );
+    let orders = join_all(holds.iter().map(|&h| app.order(h))).await;
+    assert!(orders.iter().all(|r| r.status == 201));
+    let late = join_all(
+        holds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .flat_map(|(i, &h)| {
+                let app = &app;
+                (0..2).map(move |_| async move {
+                    app.webhook(&format!("storm-{h}"), h, verdict(i)).await
+                })
+            }),
+    )
+    .await;
+    assert!(
+        late.iter().all(|r| r.status == 200),
+        "late events are applied at once"
+    );
+    let expected: Vec<(i64, &str)> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                r.body["id"].as_i64().unwrap(),
+                if verdict(i) == "paid" {
+                    "paid"
+                } else {
+                    "cancelled"
+                },
+            )
+        })
+        .collect();
+    let all_final = eventually(Duration::from_secs(5), || async {
+        for (order, want) in &expected {
+            if order_status(&app, *order).await != *want {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        all_final,
+        "some order did not end in the provider's verdict"
+    );
+    let failed = expected.iter().filter(|(_, s)| *s == "cancelled").count() as i64;
+    assert_eq!(
+        app.available(product).await,
+        failed,
+        "each failed payment returned its unit once"
+    );
+    assert_audit(&db.url);
+}
+
+async fn killed_worker_loses_no_job_and_two_workers_double_nothing(backend: Backend) {
+    // Goal: a worker killed with SIGKILL while jobs are due loses none, and two workers at
+    // once apply nothing twice.
+    // Method: with the worker down, queue ExpireHold and CheckPendingWebhook jobs (holds
+    // with a 1 s TTL, early `failed` payments whose orders then exist); start a worker and
+    // SIGKILL it at once, then start two workers and wait for every effect.
+    let env = [("HOLD_TTL_SECS", "1"), ("SWEEP_INTERVAL_SECS", "3600")];
+    let (db, app) = setup!(backend, &env);
+    let product = app.create_product(30, 100).await;
+    let expiring: Vec<i64> = join_all((0..10).map(|_| app.hold(product, 1)))
+        .await
+        .iter()
+        .map(|r| r.body["hold_id"].as_i64().unwrap())
+        .collect();
+    let mut orders = Vec::new();
+    for i in 0..10 {
+        let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+        assert_eq!(
+            app.webhook(&format!("kill-{i}"), hold, "failed")
+                .await
+                .status,
+            202
+        );
+        orders.push(app.order(hold).await.body["id"].as_i64().unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let doomed = TestWorker::spawn(&db.url, &env);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    doomed.kill();
+    let _a = TestWorker::spawn(&db.url, &env);
+    let _b = TestWorker::spawn(&db.url, &env);
+    let db_url = db.url.clone();
+    let done = eventually(Duration::from_secs(20), || {
+        let (url, expiring, orders, app) = (db_url.clone(), expiring.clone(), orders.clone(), &app);
+        async move {
+            for h in expiring {
+                if stored_status(&url, "holds", h).await != "expired" {
+                    return false;
+                }
+            }
+            for o in orders {
+                if order_status(app, o).await != "cancelled" {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert!(done, "a job was lost");
+    assert_eq!(
+        app.available(product).await,
+        30,
+        "every unit came back exactly once"
+    );
+    assert_audit(&db.url);
+}
