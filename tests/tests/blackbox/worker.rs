@@ -174,7 +174,13 @@ async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(
         .filter_map(|r| r.body["hold_id"].as_i64())
         .collect();
     assert_eq!(holds.len(), 40);
-    let verdict = |i: usize| if i.is_multiple_of(5) { "failed" } else { "paid" };
+    let verdict = |i: usize| {
+        if i.is_multiple_of(5) {
+            "failed"
+        } else {
+            "paid"
+        }
+    };
     // Half get their events before their order; all get each event twice.
     let early = join_all(
         holds
