@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::{
     jobs::{CheckPendingWebhook, ExpireHold, POLL_INTERVAL},
-    service::Service,
+    service::{Service, upkeep::Expiry},
 };
 
 /// Heartbeat of each apalis worker; jobs of a worker silent for three beats (a killed
@@ -29,9 +29,14 @@ const MISSED_HEARTBEATS: usize = 3;
 const RETRIES: usize = 3;
 
 async fn expire_hold(job: ExpireHold, svc: Data<Service>) -> Result<(), BoxDynError> {
-    let expired = svc.expire_hold_if_due(job.hold_id).await?;
-    tracing::debug!(hold_id = job.hold_id, expired, "ExpireHold done");
-    Ok(())
+    match svc.expire_hold_if_due(job.hold_id).await? {
+        // Fail so that the retry policy runs it again a little later.
+        Expiry::NotYetDue => Err(format!("hold {} is not due yet", job.hold_id).into()),
+        outcome => {
+            tracing::debug!(hold_id = job.hold_id, ?outcome, "ExpireHold done");
+            Ok(())
+        }
+    }
 }
 
 async fn check_pending_webhook(
@@ -165,7 +170,9 @@ pub async fn run(
         "worker started"
     );
     let result = monitor.run_with_signal(signal).await;
-    let _ = sweeper.await;
+    if let Err(e) = sweeper.await {
+        tracing::error!(error = %e, "the sweep loop died");
+    }
     tracing::info!("worker stopped");
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))
 }

@@ -79,6 +79,7 @@ async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
         total.settled_payments += report.settled_payments;
         total.cancelled_orders += report.cancelled_orders;
         total.refund_required = report.refund_required;
+        total.errors += report.errors;
         if report.is_idle() {
             break;
         }
@@ -88,6 +89,12 @@ async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
         total.expired_hold_units, total.settled_payments, total.cancelled_orders
     );
     println!("refund required: {} payment(s)", total.refund_required);
+    if total.errors > 0 {
+        println!(
+            "errors: {} item(s) failed (see the log); run the sweep again",
+            total.errors
+        );
+    }
     for p in svc.refunds_required(100).await? {
         println!(
             "  key={} hold_id={} order_id={} at_ms={}",
@@ -98,7 +105,11 @@ async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
             p.created_at_ms
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if total.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn run_audit(db: &Db) -> anyhow::Result<ExitCode> {

@@ -10,8 +10,8 @@ use entity::{
     product,
 };
 use sea_orm::{
-    ActiveEnum, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::LockType,
+    ActiveEnum, ColumnTrait, Condition, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, RelationTrait, sea_query::LockType,
 };
 
 use super::{
@@ -26,6 +26,17 @@ use crate::Result;
 /// Most rows of each kind one sweep pass handles; the next pass takes the rest.
 pub const SWEEP_BATCH: u64 = 500;
 
+/// What [`Service::expire_hold_if_due`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// The hold was overdue: it is now `expired` and its units are back.
+    Expired,
+    /// Ordered, paid, already expired or gone.
+    NothingToDo,
+    /// Still live by this process's clock (the job ran early, or clocks differ).
+    NotYetDue,
+}
+
 /// What one sweep did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -37,9 +48,17 @@ pub struct SweepReport {
     pub cancelled_orders: usize,
     /// Payments that must be refunded, all time.
     pub refund_required: u64,
+    /// Items that failed this pass (logged; the next pass retries them).
+    pub errors: usize,
 }
 
 impl SweepReport {
+    /// Records one item's failure and goes on: one bad row must not stall the sweep.
+    fn failed(&mut self, e: crate::Error, what: &str, id: i64) {
+        tracing::warn!(error = %e, id, "sweep: {what} failed");
+        self.errors += 1;
+    }
+
     /// `true` when the pass found nothing to do.
     pub fn is_idle(&self) -> bool {
         self.expired_hold_units == 0 && self.settled_payments == 0 && self.cancelled_orders == 0
@@ -47,11 +66,10 @@ impl SweepReport {
 }
 
 impl Service {
-    /// Marks hold `hold_id` expired and returns its units if it is overdue. Returns whether
-    /// it did; `false` when the hold is gone, ordered, paid, already expired or not yet due.
-    pub async fn expire_hold_if_due(&self, hold_id: i64) -> Result<bool> {
+    /// Marks hold `hold_id` expired and returns its units if it is overdue.
+    pub async fn expire_hold_if_due(&self, hold_id: i64) -> Result<Expiry> {
         let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
-            return Ok(false);
+            return Ok(Expiry::NothingToDo);
         };
         let txn = self.db.begin_write().await?;
         product::Entity::find_by_id(h.product_id)
@@ -63,9 +81,15 @@ impl Service {
             .one(&*txn)
             .await?
             .expect("holds are never deleted");
-        if !is_overdue(&h, now_ms()) {
+        let now = now_ms();
+        if !is_overdue(&h, now) {
             txn.rollback().await?;
-            return Ok(false);
+            let live = h.status == HoldStatus::Active && h.paid_at_ms.is_none();
+            return Ok(if live && h.expires_at_ms > now {
+                Expiry::NotYetDue
+            } else {
+                Expiry::NothingToDo
+            });
         }
         expire_hold(&*txn, &h).await?;
         txn.commit().await?;
@@ -76,7 +100,7 @@ impl Service {
             qty = h.qty,
             "hold expired"
         );
-        Ok(true)
+        Ok(Expiry::Expired)
     }
 
     /// Settles the payments recorded for `hold_id` that wait for its order. Returns how
@@ -207,31 +231,39 @@ impl Service {
             .all(&self.db.conn)
             .await?;
         for product_id in products {
-            let txn = self.db.begin_write().await?;
-            product::Entity::find_by_id(product_id)
-                .lock(LockType::NoKeyUpdate)
-                .one(&*txn)
-                .await?;
-            let units = reclaim_overdue_holds(&*txn, product_id, now_ms()).await?;
-            txn.commit().await?;
-            if units > 0 {
-                self.cache.invalidate(product_id);
-                tracing::info!(product_id, units, "overdue holds expired");
+            match self.reclaim(product_id).await {
+                Ok(units) => report.expired_hold_units += units,
+                Err(e) => report.failed(e, "expire overdue holds of product", product_id),
             }
-            report.expired_hold_units += units;
         }
 
+        // Only events that can be settled now: their hold has its order, or will never
+        // have one. A live hold's events (paid ones pin it) wait for the order.
+        let settleable = Condition::any()
+            .add(hold::Column::Status.eq(HoldStatus::Ordered))
+            .add(hold::Column::Status.eq(HoldStatus::Expired))
+            .add(
+                Condition::all()
+                    .add(hold::Column::ExpiresAtMs.lte(now))
+                    .add(hold::Column::PaidAtMs.is_null()),
+            );
         let waiting: Vec<i64> = payment::Entity::find()
             .select_only()
             .column(payment::Column::HoldId)
             .distinct()
+            .join(JoinType::InnerJoin, payment::Relation::Hold.def())
             .filter(payment::Column::Outcome.is_null())
+            .filter(settleable)
+            .order_by_asc(payment::Column::HoldId)
             .limit(SWEEP_BATCH)
             .into_tuple()
             .all(&self.db.conn)
             .await?;
         for hold_id in waiting {
-            report.settled_payments += self.settle_recorded_payments(hold_id).await?;
+            match self.settle_recorded_payments(hold_id).await {
+                Ok(n) => report.settled_payments += n,
+                Err(e) => report.failed(e, "settle recorded payments", hold_id),
+            }
         }
 
         let unpaid: Vec<i64> = order::Entity::find()
@@ -245,7 +277,10 @@ impl Service {
             .all(&self.db.conn)
             .await?;
         for order_id in unpaid {
-            report.cancelled_orders += usize::from(self.cancel_if_unpaid(order_id).await?);
+            match self.cancel_if_unpaid(order_id).await {
+                Ok(cancelled) => report.cancelled_orders += usize::from(cancelled),
+                Err(e) => report.failed(e, "cancel unpaid order", order_id),
+            }
         }
 
         report.refund_required = payment::Entity::find()
@@ -253,6 +288,22 @@ impl Service {
             .count(&self.db.conn)
             .await?;
         Ok(report)
+    }
+
+    /// Expires the overdue holds of one product; returns the units given back.
+    async fn reclaim(&self, product_id: i64) -> Result<i64> {
+        let txn = self.db.begin_write().await?;
+        product::Entity::find_by_id(product_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?;
+        let units = reclaim_overdue_holds(&*txn, product_id, now_ms()).await?;
+        txn.commit().await?;
+        if units > 0 {
+            self.cache.invalidate(product_id);
+            tracing::info!(product_id, units, "overdue holds expired");
+        }
+        Ok(units)
     }
 
     /// Payments flagged `refund_required`, newest first, at most `limit`.
