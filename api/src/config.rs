@@ -1,6 +1,6 @@
 //! Configuration: command-line flag > environment variable > default.
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Default database: an SQLite file in the working folder, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://flashsale.db?mode=rwc";
@@ -49,9 +49,21 @@ pub enum LogFormat {
 }
 
 /// `flashsale-api` configuration.
+/// What `flashsale-api` does.
+#[derive(Subcommand, Clone, Debug)]
+pub enum ApiCommand {
+    /// Serve the API (the default).
+    Serve,
+    /// Print the OpenAPI document (YAML) generated from the code, and exit.
+    Openapi,
+}
+
 #[derive(Parser, Clone, Debug)]
 #[command(name = "flashsale-api", version, about = "flashsale checkout HTTP API")]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<ApiCommand>,
+
     #[command(flatten)]
     pub database: DatabaseConfig,
 

@@ -3,13 +3,20 @@
 
 use std::time::Duration;
 
-use api::{App, config::Config};
+use api::{
+    App,
+    config::{ApiCommand, Config},
+};
 use clap::Parser;
 use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if matches!(config.command, Some(ApiCommand::Openapi)) {
+        print!("{}", api::http::openapi().spec_yaml());
+        return Ok(());
+    }
     api::config::init_tracing(config.log_format);
     if config.webhook_secrets().is_empty() {
         tracing::warn!("WEBHOOK_SECRET is not set: payment webhooks are accepted unsigned");

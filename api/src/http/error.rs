@@ -9,11 +9,21 @@ use crate::Error;
 
 /// The body of every error response.
 #[derive(Clone, Debug, Object, Serialize)]
+#[oai(example)]
 pub struct ErrorBody {
     /// Stable machine-readable code, such as `insufficient_stock`.
     pub code: String,
     /// A sentence for humans; it may change between versions.
     pub message: String,
+}
+
+impl poem_openapi::types::Example for ErrorBody {
+    fn example() -> Self {
+        Self {
+            code: "insufficient_stock".into(),
+            message: "only 0 unit(s) of product 1 are available, 2 requested".into(),
+        }
+    }
 }
 
 /// An error response.

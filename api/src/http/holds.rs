@@ -5,8 +5,11 @@ use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path},
     payload::Json,
+    types::Example,
 };
 use serde::Deserialize;
+
+use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed};
 use crate::service::{holds::HoldView, to_datetime};
@@ -32,6 +35,7 @@ impl From<entity::hold::HoldStatus> for HoldStatus {
 
 /// A reservation of stock until `expires_at`.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Hold {
     pub hold_id: i64,
     pub product_id: i64,
@@ -54,12 +58,33 @@ impl From<HoldView> for Hold {
 
 /// A request to reserve stock.
 #[derive(Debug, Object, Deserialize)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example)]
 #[serde(deny_unknown_fields)]
 pub struct CreateHold {
     pub product_id: i64,
     /// 1 to `MAX_QTY_PER_HOLD` (10 by default).
     pub qty: i64,
+}
+
+impl Example for Hold {
+    fn example() -> Self {
+        Self {
+            hold_id: 17,
+            product_id: 1,
+            qty: 2,
+            status: HoldStatus::Active,
+            expires_at: to_datetime(1_800_000_120_000),
+        }
+    }
+}
+
+impl Example for CreateHold {
+    fn example() -> Self {
+        Self {
+            product_id: 1,
+            qty: 2,
+        }
+    }
 }
 
 #[derive(ApiResponse)]
@@ -79,7 +104,7 @@ pub enum GetHoldResponse {
     Ok(Json<Hold>),
 }
 
-pub struct HoldsApi(pub State);
+pub struct HoldsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Holds")]
 impl HoldsApi {
@@ -90,15 +115,15 @@ impl HoldsApi {
     #[oai(path = "/holds", method = "post")]
     async fn create_hold(
         &self,
+        state: Data<&State>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateHold>,
     ) -> Result<CreateHoldResponse, ApiError> {
         let req = body.parse()?;
-        let new = self
-            .0
+        let new = state
             .svc
             .parse_hold(req.product_id, req.qty, idempotency_key.0)?;
-        let (hold, replay) = self.0.svc.create_hold(new).await?;
+        let (hold, replay) = state.svc.create_hold(new).await?;
         Ok(CreateHoldResponse::Created(
             Json(hold.into()),
             replayed(replay),
@@ -109,9 +134,13 @@ impl HoldsApi {
     ///
     /// `status` is current: a hold past `expires_at` without a payment shows `expired`.
     #[oai(path = "/holds/:id", method = "get")]
-    async fn get_hold(&self, id: Path<i64>) -> Result<GetHoldResponse, ApiError> {
+    async fn get_hold(
+        &self,
+        state: Data<&State>,
+        id: Path<i64>,
+    ) -> Result<GetHoldResponse, ApiError> {
         Ok(GetHoldResponse::Ok(Json(
-            self.0.svc.hold(id.0).await?.into(),
+            state.svc.hold(id.0).await?.into(),
         )))
     }
 }

@@ -70,10 +70,8 @@ fn replayed(yes: bool) -> Option<String> {
     yes.then(|| "true".to_owned())
 }
 
-/// The OpenAPI service of the whole API.
-pub fn openapi(
-    state: State,
-) -> OpenApiService<
+/// The OpenAPI service of the whole API (it needs no state: handlers get it as data).
+pub fn openapi() -> OpenApiService<
     (
         products::ProductsApi,
         holds::HoldsApi,
@@ -85,11 +83,11 @@ pub fn openapi(
 > {
     OpenApiService::new(
         (
-            products::ProductsApi(state.clone()),
-            holds::HoldsApi(state.clone()),
-            orders::OrdersApi(state.clone()),
-            payments::PaymentsApi(state.clone()),
-            ops::OpsApi(state),
+            products::ProductsApi,
+            holds::HoldsApi,
+            orders::OrdersApi,
+            payments::PaymentsApi,
+            ops::OpsApi,
         ),
         "flashsale",
         env!("CARGO_PKG_VERSION"),
@@ -99,7 +97,7 @@ pub fn openapi(
 
 /// Every route of the server.
 pub fn routes(state: State) -> impl Endpoint<Output = Response> {
-    let api = openapi(state);
+    let api = openapi();
     let docs = api.swagger_ui();
     let spec_yaml = api.spec_endpoint_yaml();
     let spec_json = api.spec_endpoint();
@@ -108,6 +106,7 @@ pub fn routes(state: State) -> impl Endpoint<Output = Response> {
         .at("/openapi.yaml", spec_yaml)
         .at("/openapi.json", spec_json)
         .nest("/", api)
+        .data(state)
         .catch_all_error(error::catch_all)
         .around(observe)
 }
@@ -148,4 +147,19 @@ async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
         );
     });
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed `openapi.yaml` is what the code generates. To update it:
+    /// `cargo run --bin flashsale-api -- openapi > openapi.yaml`.
+    #[test]
+    fn committed_openapi_yaml_matches_the_code() {
+        let committed = include_str!("../../../openapi.yaml");
+        let generated = super::openapi().spec_yaml();
+        assert!(
+            committed == generated,
+            "openapi.yaml is out of date: run `cargo run --bin flashsale-api -- openapi > openapi.yaml`"
+        );
+    }
 }

@@ -2,6 +2,8 @@
 
 use poem_openapi::{ApiResponse, OpenApi, payload::PlainText};
 
+use poem::web::Data;
+
 use super::{ApiTags, State};
 
 #[derive(ApiResponse)]
@@ -14,7 +16,7 @@ pub enum ReadyResponse {
     NotReady(PlainText<&'static str>),
 }
 
-pub struct OpsApi(pub State);
+pub struct OpsApi;
 
 #[OpenApi(tag = "ApiTags::Operations")]
 impl OpsApi {
@@ -26,8 +28,8 @@ impl OpsApi {
 
     /// Readiness: 200 when the database answers, 503 when not
     #[oai(path = "/ready", method = "get")]
-    async fn ready(&self) -> ReadyResponse {
-        if self.0.svc.db.ping().await {
+    async fn ready(&self, state: Data<&State>) -> ReadyResponse {
+        if state.svc.db.ping().await {
             ReadyResponse::Ready(PlainText("ready"))
         } else {
             ReadyResponse::NotReady(PlainText("database unavailable"))

@@ -1,8 +1,12 @@
 //! `POST /api/orders` and `GET /api/orders/{id}`.
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json, types::Example,
+};
 use serde::Deserialize;
+
+use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed};
 use crate::service::{orders::OrderView, to_datetime};
@@ -28,6 +32,7 @@ impl From<entity::order::OrderStatus> for OrderStatus {
 
 /// An order.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Order {
     pub id: i64,
     pub hold_id: i64,
@@ -55,10 +60,30 @@ impl From<OrderView> for Order {
 
 /// A request to turn a hold into an order.
 #[derive(Debug, Object, Deserialize)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     pub hold_id: i64,
+}
+
+impl Example for Order {
+    fn example() -> Self {
+        Self {
+            id: 5,
+            hold_id: 17,
+            product_id: 1,
+            qty: 2,
+            total_cents: 25_998,
+            status: OrderStatus::Pending,
+            created_at: to_datetime(1_800_000_030_000),
+        }
+    }
+}
+
+impl Example for CreateOrder {
+    fn example() -> Self {
+        Self { hold_id: 17 }
+    }
 }
 
 #[derive(ApiResponse)]
@@ -81,7 +106,7 @@ pub enum GetOrderResponse {
     Ok(Json<Order>),
 }
 
-pub struct OrdersApi(pub State);
+pub struct OrdersApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Orders")]
 impl OrdersApi {
@@ -92,10 +117,11 @@ impl OrdersApi {
     #[oai(path = "/orders", method = "post")]
     async fn create_order(
         &self,
+        state: Data<&State>,
         body: JsonBody<CreateOrder>,
     ) -> Result<CreateOrderResponse, ApiError> {
         let req = body.parse()?;
-        let (order, replay) = self.0.svc.create_order(req.hold_id).await?;
+        let (order, replay) = state.svc.create_order(req.hold_id).await?;
         Ok(if replay {
             CreateOrderResponse::Existing(Json(order.into()), replayed(true))
         } else {
@@ -105,9 +131,13 @@ impl OrdersApi {
 
     /// Get an order
     #[oai(path = "/orders/:id", method = "get")]
-    async fn get_order(&self, id: Path<i64>) -> Result<GetOrderResponse, ApiError> {
+    async fn get_order(
+        &self,
+        state: Data<&State>,
+        id: Path<i64>,
+    ) -> Result<GetOrderResponse, ApiError> {
         Ok(GetOrderResponse::Ok(Json(
-            self.0.svc.order(id.0).await?.into(),
+            state.svc.order(id.0).await?.into(),
         )))
     }
 }

@@ -1,7 +1,11 @@
 //! `POST /api/payments/webhook`: the payment provider's callback.
 
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Header, payload::Json};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi, param::Header, payload::Json, types::Example,
+};
 use serde::Deserialize;
+
+use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed, signature};
 use crate::service::payments::{PaymentEvent, WebhookBody, WebhookReply};
@@ -26,6 +30,7 @@ impl From<PaymentStatus> for entity::payment::PaymentStatus {
 
 /// A payment event. Fields other than these are ignored.
 #[derive(Debug, Object, Deserialize)]
+#[oai(example)]
 pub struct PaymentWebhook {
     /// The provider's unique id of this event; may come in the `Idempotency-Key` header instead.
     pub idempotency_key: Option<String>,
@@ -35,6 +40,7 @@ pub struct PaymentWebhook {
 
 /// What the event did.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct WebhookAnswer {
     pub idempotency_key: String,
     pub hold_id: i64,
@@ -53,6 +59,28 @@ impl From<WebhookBody> for WebhookAnswer {
             order_id: b.order_id,
             status: b.status,
             state: b.state,
+        }
+    }
+}
+
+impl Example for PaymentWebhook {
+    fn example() -> Self {
+        Self {
+            idempotency_key: Some("evt_3PqZ9x".into()),
+            hold_id: 17,
+            status: PaymentStatus::Paid,
+        }
+    }
+}
+
+impl Example for WebhookAnswer {
+    fn example() -> Self {
+        Self {
+            idempotency_key: "evt_3PqZ9x".into(),
+            hold_id: 17,
+            order_id: Some(5),
+            status: "paid".into(),
+            state: "applied".into(),
         }
     }
 }
@@ -84,7 +112,7 @@ impl From<WebhookReply> for WebhookResponse {
     }
 }
 
-pub struct PaymentsApi(pub State);
+pub struct PaymentsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Payments")]
 impl PaymentsApi {
@@ -96,13 +124,14 @@ impl PaymentsApi {
     #[oai(path = "/payments/webhook", method = "post")]
     async fn webhook(
         &self,
+        state: Data<&State>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         #[oai(name = "X-Signature")] x_signature: Header<Option<String>>,
         body: JsonBody<PaymentWebhook>,
     ) -> Result<WebhookResponse, ApiError> {
-        if !self.0.webhook_secrets.is_empty() {
+        if !state.webhook_secrets.is_empty() {
             signature::verify(
-                &self.0.webhook_secrets,
+                &state.webhook_secrets,
                 x_signature.0.as_deref(),
                 body.raw(),
                 chrono::Utc::now().timestamp(),
@@ -115,6 +144,6 @@ impl PaymentsApi {
             req.hold_id,
             req.status.into(),
         )?;
-        Ok(self.0.svc.receive_payment(event).await?.into())
+        Ok(state.svc.receive_payment(event).await?.into())
     }
 }

@@ -2,8 +2,11 @@
 
 use poem_openapi::{
     ApiResponse, Object, OpenApi, SecurityScheme, auth::Bearer, param::Path, payload::Json,
+    types::Example,
 };
 use serde::Deserialize;
+
+use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::ApiError};
 use crate::{
@@ -13,6 +16,7 @@ use crate::{
 
 /// A product and the stock a new hold could take now.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Product {
     pub id: i64,
     pub name: String,
@@ -36,7 +40,7 @@ impl From<ProductView> for Product {
 
 /// A new product.
 #[derive(Debug, Object, Deserialize)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
     /// 1 to 200 characters.
@@ -45,6 +49,28 @@ pub struct CreateProduct {
     pub price_cents: i64,
     /// 0 to 1,000,000,000.
     pub total_stock: i64,
+}
+
+impl Example for Product {
+    fn example() -> Self {
+        Self {
+            id: 1,
+            name: "Limited sneaker drop".into(),
+            price_cents: 12_999,
+            total_stock: 100,
+            available_stock: 42,
+        }
+    }
+}
+
+impl Example for CreateProduct {
+    fn example() -> Self {
+        Self {
+            name: "Limited sneaker drop".into(),
+            price_cents: 12_999,
+            total_stock: 100,
+        }
+    }
 }
 
 /// The admin bearer token (`ADMIN_TOKEN`).
@@ -66,7 +92,7 @@ pub enum CreateProductResponse {
     Created(Json<Product>),
 }
 
-pub struct ProductsApi(pub State);
+pub struct ProductsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Products")]
 impl ProductsApi {
@@ -75,9 +101,13 @@ impl ProductsApi {
     /// Served from a cache: a change made through this process is visible at once, a change
     /// made elsewhere (another API process, a hold expiring) within one second.
     #[oai(path = "/products/:id", method = "get")]
-    async fn get_product(&self, id: Path<i64>) -> Result<GetProductResponse, ApiError> {
+    async fn get_product(
+        &self,
+        state: Data<&State>,
+        id: Path<i64>,
+    ) -> Result<GetProductResponse, ApiError> {
         Ok(GetProductResponse::Ok(Json(
-            self.0.svc.product(id.0).await?.into(),
+            state.svc.product(id.0).await?.into(),
         )))
     }
 
@@ -85,15 +115,16 @@ impl ProductsApi {
     #[oai(path = "/admin/products", method = "post")]
     async fn create_product(
         &self,
+        state: Data<&State>,
         auth: AdminToken,
         body: JsonBody<CreateProduct>,
     ) -> Result<CreateProductResponse, ApiError> {
-        if !self.0.admin_token_matches(&auth.0.token) {
+        if !state.admin_token_matches(&auth.0.token) {
             return Err(Error::Unauthorized.into());
         }
         let req = body.parse()?;
         let new = NewProduct::parse(&req.name, req.price_cents, req.total_stock)?;
-        let created = self.0.svc.create_product(new).await?;
+        let created = state.svc.create_product(new).await?;
         Ok(CreateProductResponse::Created(Json(created.into())))
     }
 }
