@@ -146,6 +146,10 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct TestApp {
     pub addr: String,
     pub client: reqwest::Client,
+    /// The SDK generated from `openapi.yaml`: every well-formed request goes through it,
+    /// so every test run exercises the spec.
+    pub sdk: client::Client,
+    admin_sdk: client::Client,
     pub db_url: String,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
@@ -239,9 +243,26 @@ impl TestApp {
             .pool_max_idle_per_host(512)
             .build()
             .expect("client");
+        let base = format!("http://{addr}");
+        let sdk = client::Client::new_with_client(&base, client.clone());
+        let mut admin_headers = reqwest::header::HeaderMap::new();
+        admin_headers.insert(
+            "authorization",
+            format!("Bearer {ADMIN_TOKEN}")
+                .parse()
+                .expect("header value"),
+        );
+        let admin_client = reqwest::Client::builder()
+            .default_headers(admin_headers)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let admin_sdk = client::Client::new_with_client(&base, admin_client);
         Self {
             addr,
             client,
+            sdk,
+            admin_sdk,
             db_url: db_url.to_owned(),
             child,
             log,
@@ -306,45 +327,80 @@ impl TestApp {
 
     /// Creates a product through the admin API and returns its id.
     pub async fn create_product(&self, stock: i64, price_cents: i64) -> i64 {
-        let r = self
-            .request(
-                Method::POST,
-                "/api/admin/products",
-                Some(&serde_json::json!({"name": "Test sneaker", "price_cents": price_cents, "total_stock": stock})),
-                &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            )
-            .await;
+        let body = client::types::CreateProduct {
+            name: "Test sneaker".parse().expect("a valid name"),
+            price_cents,
+            total_stock: stock,
+        };
+        let r = sdk_reply(self.admin_sdk.create_product().body(body).send().await);
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         r.body["id"].as_i64().expect("product id")
     }
 
+    /// `GET /api/products/{id}`.
+    pub async fn get_product(&self, id: i64) -> Reply {
+        sdk_reply(self.sdk.get_product().id(id).send().await)
+    }
+
     /// `POST /api/holds`.
     pub async fn hold(&self, product_id: i64, qty: i64) -> Reply {
-        self.post(
-            "/api/holds",
-            serde_json::json!({"product_id": product_id, "qty": qty}),
+        let body = client::types::CreateHold {
+            product_id,
+            qty: sdk_qty(qty),
+        };
+        sdk_reply(self.sdk.create_hold().body(body).send().await)
+    }
+
+    /// `POST /api/holds` with an `Idempotency-Key`.
+    pub async fn hold_with_key(&self, product_id: i64, qty: i64, key: &str) -> Reply {
+        let body = client::types::CreateHold {
+            product_id,
+            qty: sdk_qty(qty),
+        };
+        sdk_reply(
+            self.sdk
+                .create_hold()
+                .idempotency_key(key)
+                .body(body)
+                .send()
+                .await,
         )
-        .await
+    }
+
+    /// `GET /api/holds/{id}`.
+    pub async fn get_hold(&self, id: i64) -> Reply {
+        sdk_reply(self.sdk.get_hold().id(id).send().await)
     }
 
     /// `POST /api/orders`.
     pub async fn order(&self, hold_id: i64) -> Reply {
-        self.post("/api/orders", serde_json::json!({"hold_id": hold_id}))
-            .await
+        let body = client::types::CreateOrder { hold_id };
+        sdk_reply(self.sdk.create_order().body(body).send().await)
+    }
+
+    /// `GET /api/orders/{id}`.
+    pub async fn get_order(&self, id: i64) -> Reply {
+        sdk_reply(self.sdk.get_order().id(id).send().await)
     }
 
     /// `POST /api/payments/webhook` without a signature.
     pub async fn webhook(&self, key: &str, hold_id: i64, status: &str) -> Reply {
-        self.post(
-            "/api/payments/webhook",
-            serde_json::json!({"idempotency_key": key, "hold_id": hold_id, "status": status}),
-        )
-        .await
+        let status = match status {
+            "paid" => client::types::PaymentStatus::Paid,
+            "failed" => client::types::PaymentStatus::Failed,
+            other => panic!("no payment status {other}"),
+        };
+        let body = client::types::PaymentWebhook {
+            idempotency_key: Some(key.parse().expect("a valid key")),
+            hold_id,
+            status,
+        };
+        sdk_reply(self.sdk.payment_webhook().body(body).send().await)
     }
 
     /// `available_stock` of a product, as served.
     pub async fn available(&self, product_id: i64) -> i64 {
-        let r = self.get(&format!("/api/products/{product_id}")).await;
+        let r = self.get_product(product_id).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         r.body["available_stock"].as_i64().expect("available_stock")
     }
@@ -366,6 +422,35 @@ impl Drop for TestApp {
                 self.log().join("\n")
             );
         }
+    }
+}
+
+/// The SDK types `qty` as it is specified: a positive integer.
+fn sdk_qty(qty: i64) -> std::num::NonZeroU64 {
+    u64::try_from(qty)
+        .ok()
+        .and_then(std::num::NonZeroU64::new)
+        .expect("helpers send valid quantities; bad ones go through request_raw")
+}
+
+/// Turns an SDK result, success or documented error, into a [`Reply`].
+fn sdk_reply<T: serde::Serialize>(
+    result: Result<client::ResponseValue<T>, client::Error<client::types::ErrorBody>>,
+) -> Reply {
+    fn reply<B: serde::Serialize>(rv: client::ResponseValue<B>) -> Reply {
+        let status = rv.status();
+        let headers = rv.headers().clone();
+        let body = serde_json::to_value(rv.into_inner()).expect("serialisable");
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+    match result {
+        Ok(rv) => reply(rv),
+        Err(client::Error::ErrorResponse(rv)) => reply(rv),
+        Err(e) => panic!("the response does not match openapi.yaml: {e}"),
     }
 }
 

@@ -152,7 +152,12 @@ pub async fn catch_all(err: poem::Error) -> Response {
         );
     }
     if err.is::<ParseParamError>() {
-        return error_response(StatusCode::BAD_REQUEST, "invalid_parameter", message);
+        // A header such as Idempotency-Key out of its bounds: a field that fails validation.
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            message,
+        );
     }
     if err.is::<ParseRequestPayloadError>() {
         return error_response(StatusCode::BAD_REQUEST, "invalid_json", message);

@@ -56,13 +56,13 @@ impl From<HoldView> for Hold {
     }
 }
 
-/// A request to reserve stock.
+/// A request to reserve stock. Unknown fields are ignored.
 #[derive(Debug, Object, Deserialize)]
-#[oai(deny_unknown_fields, example)]
-#[serde(deny_unknown_fields)]
+#[oai(example)]
 pub struct CreateHold {
     pub product_id: i64,
-    /// 1 to `MAX_QTY_PER_HOLD` (10 by default).
+    /// 1 to `MAX_QTY_PER_HOLD` (10 by default; the server's setting, at most 1,000,000).
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000000")))]
     pub qty: i64,
 }
 
@@ -112,11 +112,16 @@ impl HoldsApi {
     ///
     /// Reserves `qty` units until `expires_at`. A retry with the same `Idempotency-Key`
     /// returns the same hold; the same key with a different body is 409.
-    #[oai(path = "/holds", method = "post")]
+    #[oai(path = "/holds", method = "post", operation_id = "create_hold")]
     async fn create_hold(
         &self,
         state: Data<&State>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        /// Makes retries safe: the same key and body return the same hold.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = "^[!-~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateHold>,
     ) -> Result<CreateHoldResponse, ApiError> {
         let req = body.parse()?;
@@ -133,7 +138,7 @@ impl HoldsApi {
     /// Get a hold
     ///
     /// `status` is current: a hold past `expires_at` without a payment shows `expired`.
-    #[oai(path = "/holds/:id", method = "get")]
+    #[oai(path = "/holds/:id", method = "get", operation_id = "get_hold")]
     async fn get_hold(
         &self,
         state: Data<&State>,

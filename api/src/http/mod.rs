@@ -111,6 +111,43 @@ pub fn routes(state: State) -> impl Endpoint<Output = Response> {
         .around(observe)
 }
 
+/// The methods the API serves at `path`, read from the OpenAPI document (paths outside
+/// it, such as `/docs`, serve GET only).
+fn allowed_methods(path: &str) -> &'static str {
+    static TABLE: std::sync::OnceLock<Vec<(Vec<String>, String)>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let spec: serde_json::Value =
+            serde_json::from_str(&openapi().spec()).expect("the spec is JSON");
+        spec["paths"]
+            .as_object()
+            .expect("the spec has paths")
+            .iter()
+            .map(|(template, ops)| {
+                let segments = template.split('/').map(str::to_owned).collect();
+                let methods = ops
+                    .as_object()
+                    .expect("path item")
+                    .keys()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (segments, methods)
+            })
+            .collect()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    table
+        .iter()
+        .find(|(template, _)| {
+            template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t.starts_with('{') || t == s)
+        })
+        .map_or("GET", |(_, methods)| methods.as_str())
+}
+
 /// Refuses oversized bodies up front, tags the request with an id (the client's
 /// `X-Request-Id` when it is sane), and logs one line when it is answered.
 async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
@@ -126,8 +163,20 @@ async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
         .header("content-length")
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|len| len > body::MAX_BODY_BYTES);
+    // A key that is not text would look absent to the typed header: refuse it here, or a
+    // retry carrying it would reserve twice.
+    let bad_key = req
+        .headers()
+        .get("idempotency-key")
+        .is_some_and(|v| v.to_str().is_err());
     let mut resp = if too_large {
         error::ApiError::payload_too_large().into_response()
+    } else if bad_key {
+        error::ApiError::from(crate::Error::validation(
+            "Idempotency-Key",
+            "must contain only visible ASCII characters",
+        ))
+        .into_response()
     } else {
         match next.call(req).instrument(span.clone()).await {
             Ok(r) => r.into_response(),
@@ -136,6 +185,12 @@ async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+        && let Ok(v) = HeaderValue::from_str(allowed_methods(&path))
+    {
+        // RFC 9110: a 405 lists the methods the resource does support.
+        resp.headers_mut().insert("allow", v);
     }
     span.in_scope(|| {
         tracing::info!(

@@ -21,13 +21,13 @@ pub struct OpsApi;
 #[OpenApi(tag = "ApiTags::Operations")]
 impl OpsApi {
     /// Liveness: 200 while the process runs
-    #[oai(path = "/health", method = "get")]
+    #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> PlainText<&'static str> {
         PlainText("ok")
     }
 
     /// Readiness: 200 when the database answers, 503 when not
-    #[oai(path = "/ready", method = "get")]
+    #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self, state: Data<&State>) -> ReadyResponse {
         if state.svc.db.ping().await {
             ReadyResponse::Ready(PlainText("ready"))

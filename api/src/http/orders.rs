@@ -58,10 +58,9 @@ impl From<OrderView> for Order {
     }
 }
 
-/// A request to turn a hold into an order.
+/// A request to turn a hold into an order. Unknown fields are ignored.
 #[derive(Debug, Object, Deserialize)]
-#[oai(deny_unknown_fields, example)]
-#[serde(deny_unknown_fields)]
+#[oai(example)]
 pub struct CreateOrder {
     pub hold_id: i64,
 }
@@ -114,7 +113,7 @@ impl OrdersApi {
     ///
     /// One hold makes at most one order: a retry returns 200 with the same order. An expired
     /// hold never becomes an order (409 `hold_expired`), whether or not it was swept yet.
-    #[oai(path = "/orders", method = "post")]
+    #[oai(path = "/orders", method = "post", operation_id = "create_order")]
     async fn create_order(
         &self,
         state: Data<&State>,
@@ -130,7 +129,7 @@ impl OrdersApi {
     }
 
     /// Get an order
-    #[oai(path = "/orders/:id", method = "get")]
+    #[oai(path = "/orders/:id", method = "get", operation_id = "get_order")]
     async fn get_order(
         &self,
         state: Data<&State>,

@@ -32,10 +32,18 @@ impl From<PaymentStatus> for entity::payment::PaymentStatus {
 #[derive(Debug, Object, Deserialize)]
 #[oai(example)]
 pub struct PaymentWebhook {
-    /// The provider's unique id of this event; may come in the `Idempotency-Key` header instead.
+    /// The provider's unique id of this event (1 to 255 visible ASCII characters); may
+    /// come in the `Idempotency-Key` header instead, and must agree with it if both do.
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "^[!-~]+$"))]
+    #[serde(default, deserialize_with = "present_string")]
     pub idempotency_key: Option<String>,
     pub hold_id: i64,
     pub status: PaymentStatus,
+}
+
+/// An optional field may be left out, but not sent as `null`: the schema says string.
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// What the event did.
@@ -121,12 +129,23 @@ impl PaymentsApi {
     /// Each idempotency key is processed once; retries get the first answer again.
     /// When `WEBHOOK_SECRET` is set, `X-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret,
     /// "<t>.<raw body>")>` is required and `t` must be within 300 s of now.
-    #[oai(path = "/payments/webhook", method = "post")]
+    #[oai(
+        path = "/payments/webhook",
+        method = "post",
+        operation_id = "payment_webhook"
+    )]
     async fn webhook(
         &self,
         state: Data<&State>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
-        #[oai(name = "X-Signature")] x_signature: Header<Option<String>>,
+        /// The event's idempotency key, if not in the body.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = "^[!-~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
+        /// `t=<unix seconds>,v1=<hex HMAC-SHA256>`; required when `WEBHOOK_SECRET` is set.
+        #[oai(name = "X-Signature")]
+        x_signature: Header<Option<String>>,
         body: JsonBody<PaymentWebhook>,
     ) -> Result<WebhookResponse, ApiError> {
         if !state.webhook_secrets.is_empty() {

@@ -38,16 +38,22 @@ impl From<ProductView> for Product {
     }
 }
 
-/// A new product.
+/// A new product. Unknown fields are ignored.
 #[derive(Debug, Object, Deserialize)]
-#[oai(deny_unknown_fields, example)]
-#[serde(deny_unknown_fields)]
+#[oai(example)]
 pub struct CreateProduct {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, not only spaces, no control characters.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    ))]
     pub name: String,
-    /// 0 to 1,000,000,000,000.
+    /// Price in cents, 0 to 1,000,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000")))]
     pub price_cents: i64,
     /// 0 to 1,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub total_stock: i64,
 }
 
@@ -100,7 +106,7 @@ impl ProductsApi {
     ///
     /// Served from a cache: a change made through this process is visible at once, a change
     /// made elsewhere (another API process, a hold expiring) within one second.
-    #[oai(path = "/products/:id", method = "get")]
+    #[oai(path = "/products/:id", method = "get", operation_id = "get_product")]
     async fn get_product(
         &self,
         state: Data<&State>,
@@ -112,7 +118,11 @@ impl ProductsApi {
     }
 
     /// Create a product (admin)
-    #[oai(path = "/admin/products", method = "post")]
+    #[oai(
+        path = "/admin/products",
+        method = "post",
+        operation_id = "create_product"
+    )]
     async fn create_product(
         &self,
         state: Data<&State>,

@@ -5,8 +5,6 @@
 use std::collections::{BTreeMap, HashSet};
 
 use futures::future::join_all;
-use reqwest::Method;
-use serde_json::json;
 use tests::{Backend, Reply, TestApp, TestDb, assert_audit, on_both_backends, setup};
 
 on_both_backends!(
@@ -107,16 +105,7 @@ async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) 
     // Method: 20 parallel POST /api/holds with the same Idempotency-Key and body.
     let (db, app) = setup!(backend);
     let product = app.create_product(50, 100).await;
-    let body = json!({"product_id": product, "qty": 3});
-    let replies = join_all((0..20).map(|_| {
-        app.request(
-            Method::POST,
-            "/api/holds",
-            Some(&body),
-            &[("idempotency-key", "same-key")],
-        )
-    }))
-    .await;
+    let replies = join_all((0..20).map(|_| app.hold_with_key(product, 3, "same-key"))).await;
     assert!(
         replies.iter().all(|r| r.status == 201),
         "{:?}",
@@ -133,16 +122,7 @@ async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) 
     // The same when the first request takes the last units: the retries are replays, not
     // refusals for lack of stock.
     let scarce = app.create_product(3, 100).await;
-    let body = json!({"product_id": scarce, "qty": 3});
-    let replies = join_all((0..20).map(|_| {
-        app.request(
-            Method::POST,
-            "/api/holds",
-            Some(&body),
-            &[("idempotency-key", "last-units")],
-        )
-    }))
-    .await;
+    let replies = join_all((0..20).map(|_| app.hold_with_key(scarce, 3, "last-units"))).await;
     assert!(
         replies.iter().all(|r| r.status == 201),
         "{:?}",
@@ -173,10 +153,7 @@ async fn parallel_duplicate_webhooks_apply_exactly_once(backend: Backend) {
         "exactly one is applied"
     );
     assert!(replies.iter().all(|r| r.body == replies[0].body));
-    assert_eq!(
-        app.get(&format!("/api/orders/{order}")).await.body["status"],
-        "cancelled"
-    );
+    assert_eq!(app.get_order(order).await.body["status"], "cancelled");
     assert_eq!(app.available(product).await, 10);
     assert_audit(&db.url);
 }
@@ -218,7 +195,7 @@ async fn parallel_conflicting_webhooks_settle_the_order_once(backend: Backend) {
         let applied = mine.iter().filter(|r| r.body["state"] == "applied").count();
         assert_eq!(applied, 1, "hold {h}: exactly one event decides the order");
         let order_id = mine[0].body["order_id"].as_i64().unwrap();
-        let status = app.get(&format!("/api/orders/{order_id}")).await.body["status"].clone();
+        let status = app.get_order(order_id).await.body["status"].clone();
         let winner = mine.iter().find(|r| r.body["state"] == "applied").unwrap();
         assert_eq!(
             status,

@@ -27,10 +27,7 @@ async fn expired_hold_stock_is_available_at_once_and_it_cannot_be_ordered(backen
         3,
         "expired stock is shown as available"
     );
-    assert_eq!(
-        app.get(&format!("/api/holds/{hold}")).await.body["status"],
-        "expired"
-    );
+    assert_eq!(app.get_hold(hold).await.body["status"], "expired");
     app.order(hold).await.assert_error(409, "hold_expired");
     // Nothing swept it, yet its stock sells again.
     let again = app.hold(product, 3).await;
@@ -54,10 +51,7 @@ async fn paid_hold_outlives_its_ttl_and_can_still_be_ordered(backend: Backend) {
     app.hold(product, 1)
         .await
         .assert_error(409, "insufficient_stock");
-    assert_eq!(
-        app.get(&format!("/api/holds/{hold}")).await.body["status"],
-        "active"
-    );
+    assert_eq!(app.get_hold(hold).await.body["status"], "active");
     let order = app.order(hold).await;
     assert_eq!(order.status, 201, "{}", order.body);
     assert_audit(&db.url);

@@ -4,5 +4,6 @@
 mod concurrency;
 mod contract;
 mod expiry;
+mod spec;
 mod webhook;
 mod worker;

@@ -22,7 +22,7 @@ on_both_backends!(
 const WITHIN: Duration = Duration::from_secs(2);
 
 async fn order_status(app: &TestApp, order: i64) -> String {
-    app.get(&format!("/api/orders/{order}")).await.body["status"]
+    app.get_order(order).await.body["status"]
         .as_str()
         .unwrap_or("")
         .to_owned()
