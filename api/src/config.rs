@@ -1,6 +1,6 @@
 //! Configuration: command-line flag > environment variable > default.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 
 /// Default database: an SQLite file in the working folder, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://flashsale.db?mode=rwc";
@@ -27,6 +27,11 @@ pub struct RulesConfig {
     /// Seconds a pending order may wait for its payment before the sweep cancels it.
     #[arg(long, env = "ORDER_PAYMENT_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub order_payment_ttl_secs: u64,
+
+    /// Seconds an Idempotency-Key of a hold is remembered before the sweep forgets it
+    /// (default and sensible minimum: 24 h).
+    #[arg(long, env = "IDEMPOTENCY_KEY_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub idempotency_key_ttl_secs: u64,
 
     /// Largest quantity one hold may reserve.
     #[arg(long, env = "MAX_QTY_PER_HOLD", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
@@ -91,15 +96,31 @@ pub struct Config {
     pub worker: WorkerConfig,
 
     /// Also run the worker's jobs and sweep in this process (one-process development setup).
-    #[arg(long, env = "WITH_WORKER")]
+    #[arg(long, env = "WITH_WORKER", value_parser = BoolishValueParser::new())]
     pub with_worker: bool,
 
-    /// Create a demo product at start when the database has no product yet.
-    #[arg(long, env = "DEMO")]
+    /// Create a demo product at start when the database has no product yet (implies
+    /// `--dev`).
+    #[arg(long, env = "DEMO", value_parser = BoolishValueParser::new())]
     pub demo: bool,
+
+    /// Development mode: allows running without `WEBHOOK_SECRET` (unsigned webhooks).
+    #[arg(long, env = "DEV_MODE", value_parser = BoolishValueParser::new())]
+    pub dev: bool,
 }
 
 impl Config {
+    /// Refuses settings that are unsafe outside development.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.webhook_secrets().is_empty() && !(self.dev || self.demo) {
+            anyhow::bail!(
+                "WEBHOOK_SECRET is not set: anyone could mark orders paid. Set it (comma-separated \
+                 secrets allow rotation), or pass --dev / DEV_MODE=1 for development"
+            );
+        }
+        Ok(())
+    }
+
     /// Webhook secrets, in the order given; empty when signatures are off.
     pub fn webhook_secrets(&self) -> Vec<String> {
         self.webhook_secret

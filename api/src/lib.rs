@@ -8,6 +8,7 @@ pub mod db;
 mod error;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod service;
 pub mod worker;
 

@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     api::config::init_tracing(config.log_format);
+    config.check()?;
     if config.webhook_secrets().is_empty() {
         tracing::warn!("WEBHOOK_SECRET is not set: payment webhooks are accepted unsigned");
     }

@@ -28,8 +28,24 @@ const MISSED_HEARTBEATS: usize = 3;
 /// then re-runs it until [`crate::jobs::MAX_ATTEMPTS`].
 const RETRIES: usize = 3;
 
+fn count(job: &str, result: &str) {
+    crate::metrics::metrics()
+        .jobs
+        .with_label_values(&[job, result])
+        .inc();
+}
+
 async fn expire_hold(job: ExpireHold, svc: Data<Service>) -> Result<(), BoxDynError> {
-    match svc.expire_hold_if_due(job.hold_id).await? {
+    let outcome = svc.expire_hold_if_due(job.hold_id).await;
+    count(
+        "expire_hold",
+        match &outcome {
+            Ok(Expiry::NotYetDue) => "not_due",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        },
+    );
+    match outcome? {
         // Fail so that the retry policy runs it again a little later.
         Expiry::NotYetDue => Err(format!("hold {} is not due yet", job.hold_id).into()),
         outcome => {
@@ -43,7 +59,12 @@ async fn check_pending_webhook(
     job: CheckPendingWebhook,
     svc: Data<Service>,
 ) -> Result<(), BoxDynError> {
-    let settled = svc.settle_recorded_payments(job.hold_id).await?;
+    let settled = svc.settle_recorded_payments(job.hold_id).await;
+    count(
+        "check_pending_webhook",
+        if settled.is_ok() { "ok" } else { "error" },
+    );
+    let settled = settled?;
     tracing::debug!(hold_id = job.hold_id, settled, "CheckPendingWebhook done");
     Ok(())
 }
@@ -186,7 +207,9 @@ async fn sweep_loop(svc: Service, interval: Duration, mut stop: watch::Receiver<
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        match svc.sweep_once().await {
+        let report = svc.sweep_once().await;
+        count("sweep", if report.is_ok() { "ok" } else { "error" });
+        match report {
             Ok(report) if report.is_idle() => tracing::debug!(?report, "sweep: nothing to do"),
             Ok(report) => tracing::info!(?report, "sweep"),
             Err(e) => tracing::warn!(error = %e, "sweep failed; retrying at the next interval"),

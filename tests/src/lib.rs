@@ -205,7 +205,8 @@ impl TestApp {
             .env("BIND", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info,sqlx=warn")
-            .env("ADMIN_TOKEN", ADMIN_TOKEN);
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("DEV_MODE", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -405,6 +406,19 @@ impl TestApp {
         r.body["available_stock"].as_i64().expect("available_stock")
     }
 
+    /// SIGTERM; waits for the process to exit and returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+
+    /// SIGKILL, at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The log lines the process printed so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().expect("log lock").clone()
@@ -555,6 +569,70 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL whose connections can be cut, to take the database
+/// away from a process without touching the database server other tests share.
+pub struct TcpProxy {
+    pub port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards to `target` (`host:port`).
+    pub async fn start(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (cut2, links2) = (cut.clone(), links.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                links2.lock().expect("links").push(link);
+            }
+        });
+        Self {
+            port,
+            cut,
+            links,
+            accept,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().expect("links").drain(..) {
+            link.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
     }
 }
 

@@ -90,17 +90,37 @@ impl From<Error> for ApiError {
             Error::Unauthorized | Error::InvalidSignature(_) => Self::Unauthorized(b),
             Error::Database(db) => {
                 tracing::error!(error = %db, details = ?db, "database error");
-                match db {
-                    sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
-                        Self::Unavailable(body(
-                            "database_unavailable",
-                            "the database is unavailable; retry later",
-                        ))
-                    }
-                    _ => Self::Internal(body("internal_error", "internal error")),
+                if database_unreachable(&db) {
+                    Self::Unavailable(body(
+                        "database_unavailable",
+                        "the database is unavailable; retry later",
+                    ))
+                } else {
+                    Self::Internal(body("internal_error", "internal error"))
                 }
             }
         }
+    }
+}
+
+/// `true` when the error says the database could not be reached (rather than that it
+/// refused the statement): the request may succeed later, so it is a 503.
+fn database_unreachable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(inner))
+        | DbErr::Exec(RuntimeErr::SqlxError(inner))
+        | DbErr::Query(RuntimeErr::SqlxError(inner)) => matches!(
+            inner.as_ref(),
+            Sqlx::Io(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Protocol(_)
+        ),
+        DbErr::Conn(_) => true,
+        _ => false,
     }
 }
 

@@ -111,10 +111,11 @@ pub fn routes(state: State) -> impl Endpoint<Output = Response> {
         .around(observe)
 }
 
-/// The methods the API serves at `path`, read from the OpenAPI document (paths outside
-/// it, such as `/docs`, serve GET only).
-fn allowed_methods(path: &str) -> &'static str {
-    static TABLE: std::sync::OnceLock<Vec<(Vec<String>, String)>> = std::sync::OnceLock::new();
+/// The OpenAPI path template serving `path` and its methods, read from the OpenAPI
+/// document; `None` for paths outside it (`/docs`, `/openapi.yaml`, unknown routes).
+fn route_of(path: &str) -> Option<&'static (String, Vec<String>, String)> {
+    static TABLE: std::sync::OnceLock<Vec<(String, Vec<String>, String)>> =
+        std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
         let spec: serde_json::Value =
             serde_json::from_str(&openapi().spec()).expect("the spec is JSON");
@@ -124,6 +125,7 @@ fn allowed_methods(path: &str) -> &'static str {
             .iter()
             .map(|(template, ops)| {
                 let segments = template.split('/').map(str::to_owned).collect();
+                let template = template.clone();
                 let methods = ops
                     .as_object()
                     .expect("path item")
@@ -131,21 +133,23 @@ fn allowed_methods(path: &str) -> &'static str {
                     .map(|m| m.to_ascii_uppercase())
                     .collect::<Vec<_>>()
                     .join(", ");
-                (segments, methods)
+                (template, segments, methods)
             })
             .collect()
     });
     let segments: Vec<&str> = path.split('/').collect();
-    table
-        .iter()
-        .find(|(template, _)| {
-            template.len() == segments.len()
-                && template
-                    .iter()
-                    .zip(&segments)
-                    .all(|(t, s)| t.starts_with('{') || t == s)
-        })
-        .map_or("GET", |(_, methods)| methods.as_str())
+    table.iter().find(|(_, template, _)| {
+        template.len() == segments.len()
+            && template
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t.starts_with('{') || t == s)
+    })
+}
+
+/// The methods served at `path` (paths outside the OpenAPI document serve GET only).
+fn allowed_methods(path: &str) -> &'static str {
+    route_of(path).map_or("GET", |(_, _, methods)| methods.as_str())
 }
 
 /// Refuses oversized bodies up front, tags the request with an id (the client's
@@ -192,6 +196,14 @@ async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
         // RFC 9110: a 405 lists the methods the resource does support.
         resp.headers_mut().insert("allow", v);
     }
+    let route = route_of(&path).map_or("other", |(template, _, _)| template.as_str());
+    let status = resp.status().as_u16().to_string();
+    let labels = [route, method.as_str(), status.as_str()];
+    let m = crate::metrics::metrics();
+    m.http_requests.with_label_values(&labels).inc();
+    m.http_latency
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
     span.in_scope(|| {
         tracing::info!(
             %method,

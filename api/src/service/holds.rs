@@ -13,7 +13,7 @@ use super::{
     Service, is_unique_violation, now_ms, products::reclaim_overdue_holds, request_hash,
     validate_idempotency_key,
 };
-use crate::{Error, Result};
+use crate::{Error, Result, metrics::metrics};
 
 /// A hold as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,9 +95,18 @@ impl Service {
         if let (Some(key), Some(hash)) = (&req.idempotency_key, &hash)
             && let Some(replay) = replay(&self.db.conn, key, hash).await?
         {
+            metrics().replays.with_label_values(&["hold"]).inc();
             return Ok((replay, true));
         }
-        match self.reserve(&req, hash.as_deref()).await {
+        let result = self.reserve(&req, hash.as_deref()).await;
+        let m = metrics();
+        match &result {
+            Ok((_, true)) => m.replays.with_label_values(&["hold"]).inc(),
+            Ok((_, false)) => m.holds.with_label_values(&["created"]).inc(),
+            Err(Error::InsufficientStock { .. }) => m.holds.with_label_values(&["rejected"]).inc(),
+            Err(_) => {}
+        }
+        match result {
             // Another request with the same key committed first.
             Err(Error::Database(e)) if is_unique_violation(&e) => {
                 let (Some(key), Some(hash)) = (&req.idempotency_key, &hash) else {

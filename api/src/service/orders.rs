@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use super::{Service, holds::is_overdue, now_ms};
-use crate::{Error, Result};
+use crate::{Error, Result, metrics::metrics};
 
 /// An order as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +64,7 @@ impl Service {
                     .await?
                     .expect("an ordered hold has an order");
                 txn.rollback().await?;
+                metrics().replays.with_label_values(&["order"]).inc();
                 return Ok((existing.into(), true));
             }
             HoldStatus::Expired => {
@@ -108,8 +109,32 @@ impl Service {
         assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
         txn.commit().await?;
         self.jobs.check_pending_webhook(&self.db, h.id).await;
+        metrics().orders.with_label_values(&["created"]).inc();
         tracing::debug!(order_id = o.id, hold_id = h.id, "order created");
         Ok((o.into(), false))
+    }
+
+    /// Number of orders in each status, every status listed.
+    pub async fn orders_by_status(&self) -> Result<Vec<(String, i64)>> {
+        let counts: Vec<(OrderStatus, i64)> = order::Entity::find()
+            .select_only()
+            .column(order::Column::Status)
+            .column_as(order::Column::Id.count(), "n")
+            .group_by(order::Column::Status)
+            .into_tuple()
+            .all(&self.db.conn)
+            .await?;
+        Ok([
+            OrderStatus::Pending,
+            OrderStatus::Paid,
+            OrderStatus::Cancelled,
+        ]
+        .into_iter()
+        .map(|s| {
+            let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
+            (s.to_value(), n)
+        })
+        .collect())
     }
 
     /// Order `id`.

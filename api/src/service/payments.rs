@@ -18,7 +18,7 @@ use super::{
     Service, holds::is_overdue, is_unique_violation, now_ms, products::release_stock, request_hash,
     validate_idempotency_key,
 };
-use crate::{Error, Result};
+use crate::{Error, Result, metrics::metrics};
 
 /// A validated payment event.
 #[derive(Clone, Debug)]
@@ -94,6 +94,7 @@ impl Service {
     pub async fn receive_payment(&self, event: PaymentEvent) -> Result<WebhookReply> {
         let hash = event.hash();
         if let Some(reply) = replay(&self.db.conn, &event.idempotency_key, &hash).await? {
+            metrics().replays.with_label_values(&["webhook"]).inc();
             return Ok(reply);
         }
         match self.record_payment(&event, hash.clone()).await {
@@ -215,7 +216,10 @@ impl Service {
         if stock_released {
             self.cache.invalidate(h.product_id);
         }
+        let m = metrics();
+        m.webhooks.with_label_values(&[body.state.as_str()]).inc();
         if outcome == Some(PaymentOutcome::RefundRequired) {
+            m.refund_required.inc();
             tracing::warn!(
                 idempotency_key = %event.idempotency_key,
                 hold_id = event.hold_id,
@@ -307,6 +311,12 @@ pub(super) async fn finish_order(
         "order {} changed under its lock",
         o.id
     );
+    let event = match status {
+        OrderStatus::Paid => "paid",
+        OrderStatus::Cancelled => "cancelled",
+        OrderStatus::Pending => "pending",
+    };
+    metrics().orders.with_label_values(&[event]).inc();
     Ok(())
 }
 
@@ -339,6 +349,9 @@ pub(super) async fn record_outcomes(
     now: i64,
 ) -> Result<()> {
     for (c, outcome) in candidates.iter().zip(outcomes) {
+        if *outcome == PaymentOutcome::RefundRequired {
+            metrics().refund_required.inc();
+        }
         payment::Entity::update_many()
             .col_expr(payment::Column::Outcome, Expr::value(outcome.to_value()))
             .col_expr(payment::Column::OrderId, Expr::value(order_id))
@@ -363,6 +376,7 @@ pub(super) async fn expire_hold(conn: &impl ConnectionTrait, h: &hold::Model) ->
         .exec(conn)
         .await?;
     assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
+    metrics().holds.with_label_values(&["expired"]).inc();
     release_stock(conn, h.product_id, h.qty).await
 }
 

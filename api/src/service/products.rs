@@ -202,6 +202,10 @@ pub async fn reclaim_overdue_holds(
         .exec_with_returning(conn)
         .await?;
     let units: i64 = reclaimed.iter().map(|h| h.qty).sum();
+    crate::metrics::metrics()
+        .holds
+        .with_label_values(&["expired"])
+        .inc_by(reclaimed.len() as u64);
     if units > 0 {
         release_stock(conn, product_id, units).await?;
     }

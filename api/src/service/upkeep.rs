@@ -11,7 +11,8 @@ use entity::{
 };
 use sea_orm::{
     ActiveEnum, ColumnTrait, Condition, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait, sea_query::LockType,
+    QueryOrder, QuerySelect, RelationTrait,
+    sea_query::{Expr, LockType},
 };
 
 use super::{
@@ -48,6 +49,8 @@ pub struct SweepReport {
     pub cancelled_orders: usize,
     /// Payments that must be refunded, all time.
     pub refund_required: u64,
+    /// Hold idempotency keys forgotten after their retention.
+    pub pruned_keys: u64,
     /// Items that failed this pass (logged; the next pass retries them).
     pub errors: usize,
 }
@@ -283,11 +286,40 @@ impl Service {
             }
         }
 
+        // Hold idempotency keys are forgotten after their retention; payments are the ledger
+        // of what the provider told us and keep their keys.
+        match self.prune_idempotency_keys(now).await {
+            Ok(n) => report.pruned_keys = n,
+            Err(e) => report.failed(e, "prune idempotency keys", 0),
+        }
+
         report.refund_required = payment::Entity::find()
             .filter(payment::Column::Outcome.eq(PaymentOutcome::RefundRequired))
             .count(&self.db.conn)
             .await?;
         Ok(report)
+    }
+
+    /// Forgets the idempotency keys of holds created longer ago than their retention.
+    async fn prune_idempotency_keys(&self, now: i64) -> Result<u64> {
+        let key_ttl_ms =
+            i64::try_from(self.rules.idempotency_key_ttl_secs).expect("bounded by config") * 1000;
+        let txn = self.db.begin_write().await?;
+        let res = hold::Entity::update_many()
+            .col_expr(
+                hold::Column::IdempotencyKey,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                hold::Column::RequestHash,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(hold::Column::IdempotencyKey.is_not_null())
+            .filter(hold::Column::CreatedAtMs.lte(now - key_ttl_ms))
+            .exec(&*txn)
+            .await?;
+        txn.commit().await?;
+        Ok(res.rows_affected)
     }
 
     /// Expires the overdue holds of one product; returns the units given back.

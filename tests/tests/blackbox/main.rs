@@ -5,5 +5,6 @@ mod concurrency;
 mod contract;
 mod expiry;
 mod spec;
+mod trust;
 mod webhook;
 mod worker;
