@@ -35,6 +35,11 @@ struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// With `run`: serve Prometheus metrics (job runs and failures) at `GET /metrics` on
+    /// this address. Unset: no HTTP server.
+    #[arg(long, env = "METRICS_BIND")]
+    metrics_bind: Option<String>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -62,6 +67,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     let svc = Service::new(db, cli.rules);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            if let Some(addr) = &cli.metrics_bind {
+                serve_metrics(addr).await?;
+            }
             let interval = Duration::from_secs(cli.worker.sweep_interval_secs);
             api::worker::run(svc, interval, api::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -69,6 +77,26 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Sweep => sweep(&svc).await,
         Command::Audit => run_audit(&svc.db).await,
     }
+}
+
+/// Serves `GET /metrics` in the background.
+async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
+    use poem::{
+        Route, Server, get, handler,
+        listener::{Acceptor, Listener, TcpListener},
+    };
+
+    #[handler]
+    fn metrics() -> String {
+        api::metrics::metrics().render()
+    }
+
+    let acceptor = TcpListener::bind(addr.to_owned()).into_acceptor().await?;
+    tracing::info!(addr = ?acceptor.local_addr(), "worker metrics listening");
+    tokio::spawn(
+        Server::new_with_acceptor(acceptor).run(Route::new().at("/metrics", get(metrics))),
+    );
+    Ok(())
 }
 
 async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
