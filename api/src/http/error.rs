@@ -103,6 +103,55 @@ impl From<Error> for ApiError {
     }
 }
 
+/// Declares the error responses of one operation: exactly the statuses it can answer,
+/// each documented with its codes. Converting an [`ApiError`] it does not list is a bug;
+/// it is logged and answered 500.
+macro_rules! operation_errors {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $status:literal, $doc:literal;)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, poem_openapi::ApiResponse)]
+        pub enum $name {
+            $(
+                #[doc = $doc]
+                #[oai(status = $status)]
+                $variant(poem_openapi::payload::Json<$crate::http::error::ErrorBody>),
+            )*
+            /// An unexpected failure (`internal_error`).
+            #[oai(status = 500)]
+            Internal(poem_openapi::payload::Json<$crate::http::error::ErrorBody>),
+            /// The database cannot be reached (`database_unavailable`); retry later.
+            #[oai(status = 503)]
+            Unavailable(poem_openapi::payload::Json<$crate::http::error::ErrorBody>),
+        }
+
+        impl From<$crate::http::error::ApiError> for $name {
+            fn from(e: $crate::http::error::ApiError) -> Self {
+                use $crate::http::error::ApiError;
+                match e {
+                    $(ApiError::$variant(b) => Self::$variant(b),)*
+                    ApiError::Internal(b) => Self::Internal(b),
+                    ApiError::Unavailable(b) => Self::Unavailable(b),
+                    #[allow(unreachable_patterns)]
+                    other => {
+                        tracing::error!(error = ?other, "an error this operation does not document");
+                        Self::Internal(poem_openapi::payload::Json($crate::http::error::ErrorBody {
+                            code: "internal_error".into(),
+                            message: "internal error".into(),
+                        }))
+                    }
+                }
+            }
+        }
+
+        impl From<$crate::Error> for $name {
+            fn from(e: $crate::Error) -> Self {
+                $crate::http::error::ApiError::from(e).into()
+            }
+        }
+    };
+}
+pub(crate) use operation_errors;
+
 /// `true` when the error says the database could not be reached (rather than that it
 /// refused the statement): the request may succeed later, so it is a 503.
 fn database_unreachable(e: &sea_orm::DbErr) -> bool {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use poem::web::Data;
 
-use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed};
+use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed};
 use crate::service::{holds::HoldView, to_datetime};
 
 /// Lifecycle of a hold.
@@ -104,6 +104,25 @@ pub enum GetHoldResponse {
     Ok(Json<Hold>),
 }
 
+operation_errors!(
+    /// Errors of `POST /api/holds`.
+    CreateHoldError {
+        BadRequest = 400, "The body is not JSON (`invalid_json`).";
+        NotFound = 404, "No such product (`product_not_found`).";
+        Conflict = 409, "Not enough stock (`insufficient_stock`), or the Idempotency-Key was used with another body (`idempotency_key_reused`).";
+        PayloadTooLarge = 413, "The body is over 64 KiB (`payload_too_large`).";
+        Unprocessable = 422, "A field is missing, of the wrong type or out of range, e.g. qty (`validation_error`).";
+    }
+);
+
+operation_errors!(
+    /// Errors of `GET /api/holds/{id}`.
+    GetHoldError {
+        BadRequest = 400, "The id is not an integer (`invalid_parameter`).";
+        NotFound = 404, "No such hold (`hold_not_found`).";
+    }
+);
+
 pub struct HoldsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Holds")]
@@ -123,7 +142,7 @@ impl HoldsApi {
         )]
         idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateHold>,
-    ) -> Result<CreateHoldResponse, ApiError> {
+    ) -> Result<CreateHoldResponse, CreateHoldError> {
         let req = body.parse()?;
         let new = state
             .svc
@@ -143,7 +162,7 @@ impl HoldsApi {
         &self,
         state: Data<&State>,
         id: Path<i64>,
-    ) -> Result<GetHoldResponse, ApiError> {
+    ) -> Result<GetHoldResponse, GetHoldError> {
         Ok(GetHoldResponse::Ok(Json(
             state.svc.hold(id.0).await?.into(),
         )))

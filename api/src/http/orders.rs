@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use poem::web::Data;
 
-use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed};
+use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed};
 use crate::service::{orders::OrderView, to_datetime};
 
 /// Lifecycle of an order.
@@ -105,6 +105,25 @@ pub enum GetOrderResponse {
     Ok(Json<Order>),
 }
 
+operation_errors!(
+    /// Errors of `POST /api/orders`.
+    CreateOrderError {
+        BadRequest = 400, "The body is not JSON (`invalid_json`).";
+        NotFound = 404, "No such hold (`hold_not_found`).";
+        Conflict = 409, "The hold expired and can never become an order (`hold_expired`).";
+        PayloadTooLarge = 413, "The body is over 64 KiB (`payload_too_large`).";
+        Unprocessable = 422, "A field is missing or of the wrong type (`validation_error`).";
+    }
+);
+
+operation_errors!(
+    /// Errors of `GET /api/orders/{id}`.
+    GetOrderError {
+        BadRequest = 400, "The id is not an integer (`invalid_parameter`).";
+        NotFound = 404, "No such order (`order_not_found`).";
+    }
+);
+
 pub struct OrdersApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Orders")]
@@ -118,7 +137,7 @@ impl OrdersApi {
         &self,
         state: Data<&State>,
         body: JsonBody<CreateOrder>,
-    ) -> Result<CreateOrderResponse, ApiError> {
+    ) -> Result<CreateOrderResponse, CreateOrderError> {
         let req = body.parse()?;
         let (order, replay) = state.svc.create_order(req.hold_id).await?;
         Ok(if replay {
@@ -134,7 +153,7 @@ impl OrdersApi {
         &self,
         state: Data<&State>,
         id: Path<i64>,
-    ) -> Result<GetOrderResponse, ApiError> {
+    ) -> Result<GetOrderResponse, GetOrderError> {
         Ok(GetOrderResponse::Ok(Json(
             state.svc.order(id.0).await?.into(),
         )))

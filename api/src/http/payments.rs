@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use poem::web::Data;
 
-use super::{ApiTags, State, body::JsonBody, error::ApiError, replayed, signature};
+use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed, signature};
 use crate::service::payments::{PaymentEvent, WebhookBody, WebhookReply};
 
 /// The payment's result.
@@ -120,6 +120,18 @@ impl From<WebhookReply> for WebhookResponse {
     }
 }
 
+operation_errors!(
+    /// Errors of `POST /api/payments/webhook`.
+    WebhookError {
+        BadRequest = 400, "The body is not JSON (`invalid_json`).";
+        Unauthorized = 401, "Missing, malformed, wrong or stale X-Signature (`invalid_signature`); nothing is recorded.";
+        NotFound = 404, "No such hold (`hold_not_found`); nothing is recorded.";
+        Conflict = 409, "The idempotency key was used with a different event (`idempotency_key_reused`).";
+        PayloadTooLarge = 413, "The body is over 64 KiB (`payload_too_large`).";
+        Unprocessable = 422, "A field is missing, of the wrong type or out of range, or the body and header keys differ (`validation_error`).";
+    }
+);
+
 pub struct PaymentsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Payments")]
@@ -147,7 +159,7 @@ impl PaymentsApi {
         #[oai(name = "X-Signature")]
         x_signature: Header<Option<String>>,
         body: JsonBody<PaymentWebhook>,
-    ) -> Result<WebhookResponse, ApiError> {
+    ) -> Result<WebhookResponse, WebhookError> {
         if !state.webhook_secrets.is_empty() {
             signature::verify(
                 &state.webhook_secrets,

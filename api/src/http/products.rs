@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use poem::web::Data;
 
-use super::{ApiTags, State, body::JsonBody, error::ApiError};
+use super::{ApiTags, State, body::JsonBody, error::operation_errors};
 use crate::{
     Error,
     service::products::{NewProduct, ProductView},
@@ -98,6 +98,24 @@ pub enum CreateProductResponse {
     Created(Json<Product>),
 }
 
+operation_errors!(
+    /// Errors of `GET /api/products/{id}`.
+    GetProductError {
+        BadRequest = 400, "The id is not an integer (`invalid_parameter`).";
+        NotFound = 404, "No such product (`product_not_found`).";
+    }
+);
+
+operation_errors!(
+    /// Errors of `POST /api/admin/products`.
+    CreateProductError {
+        BadRequest = 400, "The body is not JSON (`invalid_json`).";
+        Unauthorized = 401, "Missing or wrong admin token, or no `ADMIN_TOKEN` configured (`unauthorized`).";
+        PayloadTooLarge = 413, "The body is over 64 KiB (`payload_too_large`).";
+        Unprocessable = 422, "A field is missing, of the wrong type or out of range (`validation_error`).";
+    }
+);
+
 pub struct ProductsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Products")]
@@ -111,7 +129,7 @@ impl ProductsApi {
         &self,
         state: Data<&State>,
         id: Path<i64>,
-    ) -> Result<GetProductResponse, ApiError> {
+    ) -> Result<GetProductResponse, GetProductError> {
         Ok(GetProductResponse::Ok(Json(
             state.svc.product(id.0).await?.into(),
         )))
@@ -128,7 +146,7 @@ impl ProductsApi {
         state: Data<&State>,
         auth: AdminToken,
         body: JsonBody<CreateProduct>,
-    ) -> Result<CreateProductResponse, ApiError> {
+    ) -> Result<CreateProductResponse, CreateProductError> {
         if !state.admin_token_matches(&auth.0.token) {
             return Err(Error::Unauthorized.into());
         }

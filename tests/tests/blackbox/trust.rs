@@ -316,6 +316,16 @@ async fn metrics_count_requests_and_checkout_events(backend: Backend) {
         assert!(text.contains(line), "missing {line} in:\n{text}");
     }
     assert!(text.contains("flashsale_http_request_duration_seconds_bucket"));
+    // The client's request id comes back.
+    let r = app
+        .request(
+            Method::GET,
+            "/health",
+            None,
+            &[("x-request-id", "trace-4711")],
+        )
+        .await;
+    assert_eq!(r.headers.get("x-request-id").unwrap(), "trace-4711");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
