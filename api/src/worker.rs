@@ -96,95 +96,53 @@ pub async fn run(
         let _ = stop_tx.send(true);
         Ok(())
     };
+    // The two back ends' storages are different types with the same API.
+    macro_rules! monitor {
+        ($storage:ident, $config:path, $pool:expr) => {{
+            let (p1, p2) = ($pool.clone(), $pool.clone());
+            let (s1, s2, t1, t2) = (svc.clone(), svc.clone(), tag.clone(), tag.clone());
+            Monitor::new()
+                .register(move |_| {
+                    let config = <$config>::default()
+                        .queue(std::any::type_name::<ExpireHold>())
+                        .heartbeat_interval(HEARTBEAT)
+                        .missed_heartbeats(MISSED_HEARTBEATS);
+                    let backend = $storage::<ExpireHold>::new(&p1).with_config(config);
+                    WorkerBuilder::new(format!("expire-hold-{t1}"))
+                        .backend(
+                            backend.poll_with_strategy(Strategy::new().interval(POLL_INTERVAL)),
+                        )
+                        .data(s1.clone())
+                        .retry(retry_policy())
+                        .build(expire_hold)
+                })
+                .register(move |_| {
+                    let config = <$config>::default()
+                        .queue(std::any::type_name::<CheckPendingWebhook>())
+                        .heartbeat_interval(HEARTBEAT)
+                        .missed_heartbeats(MISSED_HEARTBEATS);
+                    let backend = $storage::<CheckPendingWebhook>::new(&p2).with_config(config);
+                    WorkerBuilder::new(format!("check-webhook-{t2}"))
+                        .backend(
+                            backend.poll_with_strategy(Strategy::new().interval(POLL_INTERVAL)),
+                        )
+                        .data(s2.clone())
+                        .retry(retry_policy())
+                        .build(check_pending_webhook)
+                })
+        }};
+    }
     let monitor = match &svc.jobs {
-        crate::jobs::JobQueue::Sqlite { .. } => {
-            let pool = svc.db.conn.get_sqlite_connection_pool().clone();
-            let (p1, p2, s1, s2, t1, t2) = (
-                pool.clone(),
-                pool,
-                svc.clone(),
-                svc.clone(),
-                tag.clone(),
-                tag,
-            );
-            Monitor::new()
-                .register(move |_| {
-                    let storage = SqliteStorage::<ExpireHold>::new(&p1);
-                    let config = apalis_sqlite::Config::default()
-                        .queue(std::any::type_name::<ExpireHold>())
-                        .heartbeat_interval(HEARTBEAT)
-                        .missed_heartbeats(MISSED_HEARTBEATS);
-                    WorkerBuilder::new(format!("expire-hold-{t1}"))
-                        .backend(
-                            storage
-                                .with_config(config)
-                                .poll_with_strategy(Strategy::new().interval(POLL_INTERVAL)),
-                        )
-                        .data(s1.clone())
-                        .retry(retry_policy())
-                        .build(expire_hold)
-                })
-                .register(move |_| {
-                    let storage = SqliteStorage::<CheckPendingWebhook>::new(&p2);
-                    let config = apalis_sqlite::Config::default()
-                        .queue(std::any::type_name::<CheckPendingWebhook>())
-                        .heartbeat_interval(HEARTBEAT)
-                        .missed_heartbeats(MISSED_HEARTBEATS);
-                    WorkerBuilder::new(format!("check-webhook-{t2}"))
-                        .backend(
-                            storage
-                                .with_config(config)
-                                .poll_with_strategy(Strategy::new().interval(POLL_INTERVAL)),
-                        )
-                        .data(s2.clone())
-                        .retry(retry_policy())
-                        .build(check_pending_webhook)
-                })
-        }
-        crate::jobs::JobQueue::Postgres { .. } => {
-            let pool = svc.db.conn.get_postgres_connection_pool().clone();
-            let (p1, p2, s1, s2, t1, t2) = (
-                pool.clone(),
-                pool,
-                svc.clone(),
-                svc.clone(),
-                tag.clone(),
-                tag,
-            );
-            Monitor::new()
-                .register(move |_| {
-                    let storage = PostgresStorage::<ExpireHold>::new(&p1);
-                    let config = apalis_postgres::Config::default()
-                        .queue(std::any::type_name::<ExpireHold>())
-                        .heartbeat_interval(HEARTBEAT)
-                        .missed_heartbeats(MISSED_HEARTBEATS);
-                    WorkerBuilder::new(format!("expire-hold-{t1}"))
-                        .backend(
-                            storage
-                                .with_config(config)
-                                .poll_with_strategy(Strategy::new().interval(POLL_INTERVAL)),
-                        )
-                        .data(s1.clone())
-                        .retry(retry_policy())
-                        .build(expire_hold)
-                })
-                .register(move |_| {
-                    let storage = PostgresStorage::<CheckPendingWebhook>::new(&p2);
-                    let config = apalis_postgres::Config::default()
-                        .queue(std::any::type_name::<CheckPendingWebhook>())
-                        .heartbeat_interval(HEARTBEAT)
-                        .missed_heartbeats(MISSED_HEARTBEATS);
-                    WorkerBuilder::new(format!("check-webhook-{t2}"))
-                        .backend(
-                            storage
-                                .with_config(config)
-                                .poll_with_strategy(Strategy::new().interval(POLL_INTERVAL)),
-                        )
-                        .data(s2.clone())
-                        .retry(retry_policy())
-                        .build(check_pending_webhook)
-                })
-        }
+        crate::jobs::JobQueue::Sqlite { .. } => monitor!(
+            SqliteStorage,
+            apalis_sqlite::Config,
+            svc.db.conn.get_sqlite_connection_pool()
+        ),
+        crate::jobs::JobQueue::Postgres { .. } => monitor!(
+            PostgresStorage,
+            apalis_postgres::Config,
+            svc.db.conn.get_postgres_connection_pool()
+        ),
     };
     tracing::info!(
         sweep_interval_secs = sweep_interval.as_secs(),

@@ -47,6 +47,31 @@ impl Service {
         i64::try_from(self.rules.hold_ttl_secs).expect("bounded by config") * 1000
     }
 
+    /// Begins a write transaction holding what a change to hold `hold_id` needs, locked in
+    /// the global order: its product's row, then the hold's. `None`: no such hold.
+    async fn begin_on_hold(
+        &self,
+        hold_id: i64,
+    ) -> crate::Result<Option<(crate::db::WriteTxn, entity::hold::Model)>> {
+        use entity::{hold, product};
+        use sea_orm::{EntityTrait, QuerySelect, sea_query::LockType};
+        // A hold's product never changes, so it can be read before the locks.
+        let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_write().await?;
+        product::Entity::find_by_id(h.product_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?;
+        let h = hold::Entity::find_by_id(hold_id)
+            .lock(LockType::NoKeyUpdate)
+            .one(&*txn)
+            .await?
+            .expect("holds are never deleted");
+        Ok(Some((txn, h)))
+    }
+
     fn order_payment_ttl_ms(&self) -> i64 {
         i64::try_from(self.rules.order_payment_ttl_secs).expect("bounded by config") * 1000
     }

@@ -5,7 +5,6 @@ use entity::{
     hold::{self, HoldStatus},
     order::{self, OrderStatus},
     payment::{self, PaymentOutcome, PaymentStatus},
-    product,
 };
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
@@ -111,23 +110,12 @@ impl Service {
     }
 
     async fn record_payment(&self, event: &PaymentEvent, hash: String) -> Result<WebhookReply> {
-        let txn = self.db.begin_write().await?;
-        let Some(h) = hold::Entity::find_by_id(event.hold_id).one(&*txn).await? else {
-            txn.rollback().await?;
-            return Err(Error::HoldNotFound(event.hold_id));
-        };
         // Lock order: product, hold, order. The product is locked because a failed payment
         // or an overdue hold gives stock back. NO KEY UPDATE everywhere: foreign-key checks
         // of concurrent inserts take KEY SHARE, which FOR UPDATE would block (a deadlock).
-        product::Entity::find_by_id(h.product_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?;
-        let h = hold::Entity::find_by_id(h.id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?
-            .expect("holds are never deleted");
+        let Some((txn, h)) = self.begin_on_hold(event.hold_id).await? else {
+            return Err(Error::HoldNotFound(event.hold_id));
+        };
         // The clock is read under the locks: a hold that expired while we waited is expired.
         let now = now_ms();
         // Concurrent deliveries of one key queue on the locks above; the first has committed.

@@ -71,19 +71,9 @@ impl SweepReport {
 impl Service {
     /// Marks hold `hold_id` expired and returns its units if it is overdue.
     pub async fn expire_hold_if_due(&self, hold_id: i64) -> Result<Expiry> {
-        let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
+        let Some((txn, h)) = self.begin_on_hold(hold_id).await? else {
             return Ok(Expiry::NothingToDo);
         };
-        let txn = self.db.begin_write().await?;
-        product::Entity::find_by_id(h.product_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?;
-        let h = hold::Entity::find_by_id(hold_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?
-            .expect("holds are never deleted");
         let now = now_ms();
         if !is_overdue(&h, now) {
             txn.rollback().await?;
@@ -109,19 +99,9 @@ impl Service {
     /// Settles the payments recorded for `hold_id` that wait for its order. Returns how
     /// many were settled (0 while the order does not exist and the hold is still live).
     pub async fn settle_recorded_payments(&self, hold_id: i64) -> Result<usize> {
-        let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
+        let Some((txn, h)) = self.begin_on_hold(hold_id).await? else {
             return Ok(0);
         };
-        let txn = self.db.begin_write().await?;
-        product::Entity::find_by_id(h.product_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?;
-        let h = hold::Entity::find_by_id(hold_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?
-            .expect("holds are never deleted");
         let candidates = unapplied_payments(&*txn, hold_id).await?;
         if candidates.is_empty() {
             txn.rollback().await?;
