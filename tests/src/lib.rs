@@ -413,6 +413,11 @@ impl TestApp {
         self.child.wait().is_ok_and(|s| s.success())
     }
 
+    /// The process id of the running binary.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, at once.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
