@@ -10,6 +10,7 @@ bin="${FLASHSALE_API_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/flashsale-api}
 [ -x "$bin" ] || (cd "$root" && cargo build --quiet -p api --bins)
 venv="$("$root/scripts/python-tools.sh")"
 work="$(mktemp -d)"
+cd "$work" # schemathesis keeps a cache in the working folder
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT

@@ -15,6 +15,9 @@ use super::products::ProductView;
 
 /// How long a cached answer may be served.
 pub const TTL: Duration = Duration::from_millis(500);
+/// Longest time a sold-out answer may come from memory: other processes' releases must
+/// be seen within a second.
+pub const SHORT_FOR: Duration = Duration::from_millis(900);
 /// Bound on the number of products remembered (ids that do not exist included).
 const MAX_ENTRIES: usize = 100_000;
 
@@ -27,6 +30,9 @@ struct Slot {
 #[derive(Default)]
 struct Inner {
     slots: HashMap<i64, Slot>,
+    /// Products known to have at most `available` units free: (available, when that was
+    /// read, until when it may be believed).
+    short: HashMap<i64, (i64, Instant, Instant)>,
     /// Counts invalidations, of any product.
     epoch: u64,
     /// Slots evicted to bound memory forgot when they were invalidated: treat them as
@@ -98,9 +104,67 @@ impl ProductCache {
         );
     }
 
+    /// A ticket taken before reading stock, for [`note_short`](Self::note_short).
+    pub fn ticket(&self, id: i64) -> Ticket {
+        let inner = self.inner.lock().expect("cache lock poisoned");
+        Ticket {
+            id,
+            epoch: inner.epoch,
+        }
+    }
+
+    /// Remembers that the product had only `available` units free, as read no earlier
+    /// than `read_at` (taken after `ticket`), for `valid_for` from `read_at` (capped at
+    /// [`SHORT_FOR`]; the caller caps it at the next hold expiry), unless its stock changed
+    /// in this process since the ticket. A note read earlier never replaces a later one.
+    pub fn note_short(
+        &self,
+        ticket: Ticket,
+        available: i64,
+        read_at: Instant,
+        valid_for: Duration,
+    ) {
+        let mut inner = self.inner.lock().expect("cache lock poisoned");
+        if ticket.epoch < inner.invalidated_at(ticket.id) {
+            return;
+        }
+        if inner.short.len() >= MAX_ENTRIES {
+            let now = Instant::now();
+            inner.short.retain(|_, (_, _, until)| now < *until);
+            if inner.short.len() >= MAX_ENTRIES {
+                return;
+            }
+        }
+        if inner
+            .short
+            .get(&ticket.id)
+            .is_some_and(|&(_, at, _)| at > read_at)
+        {
+            return;
+        }
+        let until = read_at + valid_for.min(SHORT_FOR);
+        inner.short.insert(ticket.id, (available, read_at, until));
+    }
+
+    /// `Some(available)` when the product is known to have fewer than `qty` units free.
+    pub fn known_short(&self, id: i64, qty: i64) -> Option<i64> {
+        let mut inner = self.inner.lock().expect("cache lock poisoned");
+        match inner.short.get(&id) {
+            Some(&(available, _, until)) if Instant::now() < until => {
+                (qty > available).then_some(available)
+            }
+            Some(_) => {
+                inner.short.remove(&id);
+                None
+            }
+            None => None,
+        }
+    }
+
     /// Forgets product `id`; reads that started earlier will not store their value.
     pub fn invalidate(&self, id: i64) {
         let mut inner = self.inner.lock().expect("cache lock poisoned");
+        inner.short.remove(&id);
         inner.epoch += 1;
         let epoch = inner.epoch;
         if !inner.slots.contains_key(&id) {
@@ -188,6 +252,34 @@ mod tests {
             cache.get(1).is_err(),
             "stale value must not be cached after eviction"
         );
+    }
+
+    #[test]
+    fn a_sold_out_note_answers_until_the_stock_changes_here() {
+        let cache = ProductCache::default();
+        cache.note_short(cache.ticket(1), 0, Instant::now(), Duration::from_secs(5));
+        assert_eq!(cache.known_short(1, 1), Some(0));
+        cache.invalidate(1);
+        assert_eq!(cache.known_short(1, 1), None);
+    }
+
+    #[test]
+    fn a_sold_out_note_taken_before_a_change_is_not_kept() {
+        let cache = ProductCache::default();
+        let ticket = cache.ticket(1);
+        cache.invalidate(1);
+        cache.note_short(ticket, 0, Instant::now(), Duration::from_secs(5));
+        assert_eq!(cache.known_short(1, 1), None);
+    }
+
+    #[test]
+    fn a_sold_out_note_expires_and_only_refuses_what_it_cannot_give() {
+        let cache = ProductCache::default();
+        cache.note_short(cache.ticket(1), 2, Instant::now(), Duration::ZERO);
+        assert_eq!(cache.known_short(1, 3), None, "expired at once");
+        cache.note_short(cache.ticket(1), 2, Instant::now(), Duration::from_secs(5));
+        assert_eq!(cache.known_short(1, 2), None, "2 units may still be free");
+        assert_eq!(cache.known_short(1, 3), Some(2));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Holds: reserving stock, with safe retries through `Idempotency-Key`.
 
+use std::time::{Duration, Instant};
+
 use entity::{
     hold::{self, HoldStatus},
     product,
@@ -125,8 +127,22 @@ impl Service {
     /// UPDATE (which also locks the product row on PostgreSQL), and only when that finds too
     /// little, lock the row, reclaim overdue holds and try again.
     async fn reserve(&self, req: &NewHold, hash: Option<&str>) -> Result<(HoldView, bool)> {
+        // Sold out, by fresh evidence from this process: refuse without queueing behind the
+        // row lock. Keyed requests go to the database, where a retry finds its replay.
+        if req.idempotency_key.is_none()
+            && let Some(available) = self.cache.known_short(req.product_id, req.qty)
+        {
+            return Err(Error::InsufficientStock {
+                product_id: req.product_id,
+                requested: req.qty,
+                available,
+            });
+        }
+        let evidence = self.cache.ticket(req.product_id);
         let txn = self.db.begin_write().await?;
         if !take_stock(&*txn, req.product_id, req.qty).await? {
+            // Both clocks read before the locked read: the evidence is at least this fresh.
+            let (read_at, read_at_ms) = (Instant::now(), now_ms());
             let Some(p) = product::Entity::find_by_id(req.product_id)
                 .lock(LockType::NoKeyUpdate)
                 .one(&*txn)
@@ -148,7 +164,15 @@ impl Service {
                     txn.commit().await?;
                     self.cache.invalidate(p.id);
                 } else {
+                    // Nothing frees units before the next unpaid hold expires (or a
+                    // release, which invalidates the note in this process).
+                    let next_expiry = next_expiry_ms(&*txn, p.id).await?;
                     txn.rollback().await?;
+                    // Ends a millisecond before the next expiry (the ms clock truncates).
+                    let valid_ms = next_expiry.map_or(i64::MAX, |at| at - read_at_ms - 1);
+                    let valid_for = Duration::from_millis(u64::try_from(valid_ms).unwrap_or(0));
+                    self.cache
+                        .note_short(evidence, p.available, read_at, valid_for);
                 }
                 return Err(Error::InsufficientStock {
                     product_id: p.id,
@@ -201,6 +225,20 @@ impl Service {
             .ok_or(Error::HoldNotFound(id))?;
         Ok(HoldView::current(&h, now_ms()))
     }
+}
+
+/// When the next unpaid active hold of `product_id` expires, if any.
+async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<Option<i64>> {
+    let next: Option<Option<i64>> = hold::Entity::find()
+        .select_only()
+        .column_as(hold::Column::ExpiresAtMs.min(), "next")
+        .filter(hold::Column::ProductId.eq(product_id))
+        .filter(hold::Column::Status.eq(HoldStatus::Active))
+        .filter(hold::Column::PaidAtMs.is_null())
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(next.flatten())
 }
 
 /// `available -= qty` if at least `qty` is available; `false` when not (or no such product).

@@ -45,12 +45,28 @@ async fn failed_webhook_cancels_the_order_and_returns_its_stock(backend: Backend
     let (db, app) = setup!(backend);
     let (product, hold, order) = pending_order(&app, 3).await;
     assert_eq!(app.available(product).await, 7);
+    // Too little left: the refusal is remembered, but only until stock comes back here.
+    app.hold(product, 8)
+        .await
+        .assert_error(409, "insufficient_stock");
+    app.hold(product, 8)
+        .await
+        .assert_error(409, "insufficient_stock");
     let r = app.webhook("evt-f", hold, "failed").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["state"], "applied");
     assert_eq!(r.body["status"], "failed");
     assert_eq!(app.get_order(order).await.body["status"], "cancelled");
     assert_eq!(app.available(product).await, 10, "stock is back at once");
+    let again = app.hold(product, 8).await;
+    assert_eq!(
+        again.status, 201,
+        "the returned stock sells at once: {}",
+        again.body
+    );
+    let again_id = again.body["hold_id"].as_i64().unwrap();
+    app.order(again_id).await;
+    app.webhook("evt-f-again", again_id, "failed").await;
     // Returned exactly once: a replay and another failed event give nothing back again.
     app.webhook("evt-f", hold, "failed").await;
     app.webhook("evt-f2", hold, "failed").await;
