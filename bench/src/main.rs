@@ -236,6 +236,20 @@ struct Row {
     note: String,
 }
 
+/// `POST /api/holds` of one unit; the HTTP status.
+async fn post_hold(
+    http: reqwest::Client,
+    url: String,
+    product: i64,
+) -> Result<u16, reqwest::Error> {
+    let r = http
+        .post(url)
+        .json(&json!({"product_id": product, "qty": 1}))
+        .send()
+        .await?;
+    Ok(r.status().as_u16())
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
@@ -290,16 +304,7 @@ async fn scenarios(backend: Backend, pg: &PgBaselines, seconds: u64) -> anyhow::
         let product = app.create_product(1_000_000_000, 100).await;
         let (http, url) = (http.clone(), format!("{base}/api/holds"));
         let l = load(c, duration, move |_, _| {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                Ok(http
-                    .post(url)
-                    .json(&json!({"product_id": product, "qty": 1}))
-                    .send()
-                    .await?
-                    .status()
-                    .as_u16())
-            }
+            post_hold(http.clone(), url.clone(), product)
         })
         .await;
         let granted = *l.statuses.get(&201).unwrap_or(&0) as i64;
@@ -331,13 +336,7 @@ async fn scenarios(backend: Backend, pg: &PgBaselines, seconds: u64) -> anyhow::
     let selling = load(256, duration, move |_, _| {
         let (http, url, last) = (http2.clone(), url.clone(), last.clone());
         async move {
-            let status = http
-                .post(url)
-                .json(&json!({"product_id": product, "qty": 1}))
-                .send()
-                .await?
-                .status()
-                .as_u16();
+            let status = post_hold(http, url, product).await?;
             if status == 201 {
                 last.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
@@ -350,16 +349,7 @@ async fn scenarios(backend: Backend, pg: &PgBaselines, seconds: u64) -> anyhow::
     // Sold out now: what remains is the rejection rate.
     let (http2, url) = (http.clone(), format!("{base}/api/holds"));
     let rejecting = load(256, duration, move |_, _| {
-        let (http, url) = (http2.clone(), url.clone());
-        async move {
-            Ok(http
-                .post(url)
-                .json(&json!({"product_id": product, "qty": 1}))
-                .send()
-                .await?
-                .status()
-                .as_u16())
-        }
+        post_hold(http2.clone(), url.clone(), product)
     })
     .await;
     rows.push(Row {
