@@ -182,39 +182,30 @@ async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(
             "paid"
         }
     };
-    // Half get their events before their order; all get each event twice.
-    let early = join_all(
-        holds
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % 2 == 0)
-            .flat_map(|(i, &h)| {
-                let app = &app;
-                (0..2).map(move |_| async move {
-                    app.webhook(&format!("storm-{h}"), h, verdict(i)).await
-                })
-            }),
-    )
-    .await;
+    // Every event twice, for the holds at even or at odd positions.
+    let deliver = |parity: usize| {
+        join_all(
+            holds
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| i % 2 == parity)
+                .flat_map(|(i, &h)| {
+                    let app = &app;
+                    (0..2).map(move |_| async move {
+                        app.webhook(&format!("storm-{h}"), h, verdict(i)).await
+                    })
+                }),
+        )
+    };
+    // Half get their events before their order.
+    let early = deliver(0).await;
     assert!(
         early.iter().all(|r| r.status == 202),
         "early events are recorded"
     );
     let orders = join_all(holds.iter().map(|&h| app.order(h))).await;
     assert!(orders.iter().all(|r| r.status == 201));
-    let late = join_all(
-        holds
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % 2 == 1)
-            .flat_map(|(i, &h)| {
-                let app = &app;
-                (0..2).map(move |_| async move {
-                    app.webhook(&format!("storm-{h}"), h, verdict(i)).await
-                })
-            }),
-    )
-    .await;
+    let late = deliver(1).await;
     assert!(
         late.iter().all(|r| r.status == 200),
         "late events are applied at once"
