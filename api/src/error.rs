@@ -59,5 +59,26 @@ impl Error {
     }
 }
 
+/// `true` when the error says the database could not be reached (rather than that it
+/// refused the statement): the request may succeed later, so it is a 503.
+pub(crate) fn database_unreachable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(inner))
+        | DbErr::Exec(RuntimeErr::SqlxError(inner))
+        | DbErr::Query(RuntimeErr::SqlxError(inner)) => matches!(
+            inner.as_ref(),
+            Sqlx::Io(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Protocol(_)
+        ),
+        DbErr::Conn(_) => true,
+        _ => false,
+    }
+}
+
 /// Result of a service operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

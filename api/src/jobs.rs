@@ -16,10 +16,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::Db;
 
-/// Marks a hold `expired` once its time is up, unless it was ordered or paid.
+/// Marks holds `expired` once their time is up, unless they were ordered or paid. One job
+/// covers the holds reserved together, which all expire at the same moment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ExpireHoldStored")]
 pub struct ExpireHold {
-    pub hold_id: i64,
+    pub hold_ids: Vec<i64>,
+}
+
+/// `ExpireHold` as stored: jobs queued by earlier versions name a single hold.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpireHoldStored {
+    Holds { hold_ids: Vec<i64> },
+    Hold { hold_id: i64 },
+}
+
+impl From<ExpireHoldStored> for ExpireHold {
+    fn from(stored: ExpireHoldStored) -> Self {
+        match stored {
+            ExpireHoldStored::Holds { hold_ids } => Self { hold_ids },
+            ExpireHoldStored::Hold { hold_id } => Self {
+                hold_ids: vec![hold_id],
+            },
+        }
+    }
 }
 
 /// Applies payments recorded for a hold before its order existed.
@@ -74,13 +95,17 @@ impl JobQueue {
         }
     }
 
-    /// Schedules the expiry of hold `hold_id`, due at `expires_at_ms`.
-    pub async fn expire_hold(&self, db: &Db, hold_id: i64, expires_at_ms: i64) {
+    /// Schedules the expiry of holds `hold_ids`, all due at `expires_at_ms`.
+    pub async fn expire_holds(&self, db: &Db, hold_ids: Vec<i64>, expires_at_ms: i64) {
+        let Some(&hold_id) = hold_ids.first() else {
+            return;
+        };
         let due_secs = (expires_at_ms + 999) / 1000;
         let run_at = u64::try_from(due_secs).unwrap_or(0) + EXPIRY_SLACK_SECS;
-        let task = TaskBuilder::new(ExpireHold { hold_id })
+        let task = TaskBuilder::new(ExpireHold { hold_ids })
             .run_at_timestamp(run_at)
-            .idempotency_key(format!("expire-hold-{hold_id}"))
+            // A hold is in one job only, so its first hold names the job.
+            .idempotency_key(format!("expire-holds-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
             .build();
         let _gate = db.write_gate().await;
@@ -157,3 +182,19 @@ pub async fn setup(db: &Db) -> Result<(), sea_orm::DbErr> {
 
 /// How often the worker polls for due jobs.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expire_hold_reads_both_stored_shapes() {
+        let new: ExpireHold = serde_json::from_str(r#"{"hold_ids":[3,4]}"#).unwrap();
+        assert_eq!(new.hold_ids, [3, 4]);
+        let old: ExpireHold = serde_json::from_str(r#"{"hold_id":7}"#).unwrap();
+        assert_eq!(old.hold_ids, [7]);
+        let round_trip: ExpireHold =
+            serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(round_trip, new);
+    }
+}

@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric of the process.
@@ -21,6 +21,7 @@ pub struct Metrics {
     pub replays: IntCounterVec,
     pub refund_required: IntCounter,
     pub jobs: IntCounterVec,
+    pub hold_group_size: Histogram,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -62,6 +63,19 @@ impl Metrics {
         registry
             .register(Box::new(refund_required.clone()))
             .expect("unique metric");
+        let hold_group_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "hold_group_size",
+                "Hold requests reserved together in one transaction",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(hold_group_size.clone()))
+            .expect("unique metric");
         Self {
             http_requests: counter(
                 &registry,
@@ -102,6 +116,7 @@ impl Metrics {
                 "Worker job runs by job and result",
                 &["job", "result"],
             ),
+            hold_group_size,
             registry,
         }
     }

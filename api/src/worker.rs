@@ -36,7 +36,7 @@ fn count(job: &str, result: &str) {
 }
 
 async fn expire_hold(job: ExpireHold, svc: Data<Service>) -> Result<(), BoxDynError> {
-    let outcome = svc.expire_hold_if_due(job.hold_id).await;
+    let outcome = svc.expire_holds_if_due(&job.hold_ids).await;
     count(
         "expire_hold",
         match &outcome {
@@ -47,9 +47,9 @@ async fn expire_hold(job: ExpireHold, svc: Data<Service>) -> Result<(), BoxDynEr
     );
     match outcome? {
         // Fail so that the retry policy runs it again a little later.
-        Expiry::NotYetDue => Err(format!("hold {} is not due yet", job.hold_id).into()),
+        Expiry::NotYetDue => Err(format!("holds {:?} are not all due yet", job.hold_ids).into()),
         outcome => {
-            tracing::debug!(hold_id = job.hold_id, ?outcome, "ExpireHold done");
+            tracing::debug!(hold_ids = ?job.hold_ids, ?outcome, "ExpireHold done");
             Ok(())
         }
     }

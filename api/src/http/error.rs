@@ -90,7 +90,7 @@ impl From<Error> for ApiError {
             Error::Unauthorized | Error::InvalidSignature(_) => Self::Unauthorized(b),
             Error::Database(db) => {
                 tracing::error!(error = %db, details = ?db, "database error");
-                if database_unreachable(&db) {
+                if crate::error::database_unreachable(&db) {
                     Self::Unavailable(body(
                         "database_unavailable",
                         "the database is unavailable; retry later",
@@ -151,27 +151,6 @@ macro_rules! operation_errors {
     };
 }
 pub(crate) use operation_errors;
-
-/// `true` when the error says the database could not be reached (rather than that it
-/// refused the statement): the request may succeed later, so it is a 503.
-fn database_unreachable(e: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
-    match e {
-        DbErr::ConnectionAcquire(_) => true,
-        DbErr::Conn(RuntimeErr::SqlxError(inner))
-        | DbErr::Exec(RuntimeErr::SqlxError(inner))
-        | DbErr::Query(RuntimeErr::SqlxError(inner)) => matches!(
-            inner.as_ref(),
-            Sqlx::Io(_)
-                | Sqlx::PoolTimedOut
-                | Sqlx::PoolClosed
-                | Sqlx::WorkerCrashed
-                | Sqlx::Protocol(_)
-        ),
-        DbErr::Conn(_) => true,
-        _ => false,
-    }
-}
 
 /// An [`ApiError`] raised by an extractor, before a handler runs.
 #[derive(Debug, thiserror::Error)]

@@ -46,7 +46,7 @@ impl HoldView {
     }
 
     /// The answer first given when the hold was created.
-    fn as_created(h: &hold::Model) -> Self {
+    pub(super) fn as_created(h: &hold::Model) -> Self {
         Self {
             status: HoldStatus::Active,
             ..Self::current(h, i64::MIN)
@@ -100,7 +100,10 @@ impl Service {
             metrics().replays.with_label_values(&["hold"]).inc();
             return Ok((replay, true));
         }
-        let result = self.reserve(&req, hash.as_deref()).await;
+        let result = match &hash {
+            Some(hash) => self.reserve(&req, Some(hash)).await,
+            None => self.reserve_unkeyed(&req).await,
+        };
         let m = metrics();
         match &result {
             Ok((_, true)) => m.replays.with_label_values(&["hold"]).inc(),
@@ -123,21 +126,27 @@ impl Service {
         }
     }
 
-    /// The reservation transaction: take the units from `available` with one conditional
-    /// UPDATE (which also locks the product row on PostgreSQL), and only when that finds too
-    /// little, lock the row, reclaim overdue holds and try again.
-    async fn reserve(&self, req: &NewHold, hash: Option<&str>) -> Result<(HoldView, bool)> {
-        // Sold out, by fresh evidence from this process: refuse without queueing behind the
-        // row lock. Keyed requests go to the database, where a retry finds its replay.
-        if req.idempotency_key.is_none()
-            && let Some(available) = self.cache.known_short(req.product_id, req.qty)
-        {
+    /// A request without a key: refused from memory when this process has fresh evidence
+    /// that the product is sold out, else reserved with its product's next group.
+    async fn reserve_unkeyed(&self, req: &NewHold) -> Result<(HoldView, bool)> {
+        // Refusing here does not queue behind the row lock. Keyed requests always go to the
+        // database, where a retry finds its replay.
+        if let Some(available) = self.cache.known_short(req.product_id, req.qty) {
             return Err(Error::InsufficientStock {
                 product_id: req.product_id,
                 requested: req.qty,
                 available,
             });
         }
+        let hold = self.reserve_in_group(req.product_id, req.qty).await?;
+        Ok((hold, false))
+    }
+
+    /// The single-hold reservation transaction, for keyed requests: take the units from
+    /// `available` with one conditional UPDATE (which also locks the product row on
+    /// PostgreSQL), and only when that finds too little, lock the row, reclaim overdue
+    /// holds and try again. Under the product lock, a stored hold with the key is a replay.
+    async fn reserve(&self, req: &NewHold, hash: Option<&str>) -> Result<(HoldView, bool)> {
         let evidence = self.cache.ticket(req.product_id);
         let txn = self.db.begin_write().await?;
         if !take_stock(&*txn, req.product_id, req.qty).await? {
@@ -206,7 +215,7 @@ impl Service {
         txn.commit().await?;
         self.cache.invalidate(req.product_id);
         self.jobs
-            .expire_hold(&self.db, hold.id, hold.expires_at_ms)
+            .expire_holds(&self.db, vec![hold.id], hold.expires_at_ms)
             .await;
         tracing::debug!(
             hold_id = hold.id,
@@ -228,7 +237,10 @@ impl Service {
 }
 
 /// When the next unpaid active hold of `product_id` expires, if any.
-async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<Option<i64>> {
+pub(super) async fn next_expiry_ms(
+    conn: &impl ConnectionTrait,
+    product_id: i64,
+) -> Result<Option<i64>> {
     let next: Option<Option<i64>> = hold::Entity::find()
         .select_only()
         .column_as(hold::Column::ExpiresAtMs.min(), "next")
@@ -242,7 +254,11 @@ async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<
 }
 
 /// `available -= qty` if at least `qty` is available; `false` when not (or no such product).
-async fn take_stock(conn: &impl ConnectionTrait, product_id: i64, qty: i64) -> Result<bool> {
+pub(super) async fn take_stock(
+    conn: &impl ConnectionTrait,
+    product_id: i64,
+    qty: i64,
+) -> Result<bool> {
     let res = product::Entity::update_many()
         .col_expr(
             product::Column::Available,

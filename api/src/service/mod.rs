@@ -7,6 +7,7 @@
 
 pub mod audit;
 mod cache;
+pub mod hold_groups;
 pub mod holds;
 pub mod orders;
 pub mod payments;
@@ -31,6 +32,7 @@ pub struct Service {
     pub rules: Arc<RulesConfig>,
     pub cache: Arc<ProductCache>,
     pub jobs: JobQueue,
+    hold_groups: Arc<hold_groups::HoldGroups>,
 }
 
 impl Service {
@@ -40,6 +42,7 @@ impl Service {
             db,
             rules: Arc::new(rules),
             cache: Arc::new(ProductCache::default()),
+            hold_groups: Arc::default(),
         }
     }
 
@@ -53,23 +56,41 @@ impl Service {
         &self,
         hold_id: i64,
     ) -> crate::Result<Option<(crate::db::WriteTxn, entity::hold::Model)>> {
+        self.begin_on_hold_if(hold_id, |_| true)
+            .await
+            .map(|found| found.map(|(txn, h, _)| (txn, h)))
+    }
+
+    /// [`begin_on_hold`](Self::begin_on_hold), locking the product only when
+    /// `needs_product` says so of the hold as read before the locks. A change that cannot
+    /// touch stock skips the product row, which every hold of a hot product contends for;
+    /// taking only the hold's lock keeps to the global order. The third value says whether
+    /// the product is locked.
+    async fn begin_on_hold_if(
+        &self,
+        hold_id: i64,
+        needs_product: impl Fn(&entity::hold::Model) -> bool,
+    ) -> crate::Result<Option<(crate::db::WriteTxn, entity::hold::Model, bool)>> {
         use entity::{hold, product};
         use sea_orm::{EntityTrait, QuerySelect, sea_query::LockType};
         // A hold's product never changes, so it can be read before the locks.
         let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
             return Ok(None);
         };
+        let lock_product = needs_product(&h);
         let txn = self.db.begin_write().await?;
-        product::Entity::find_by_id(h.product_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?;
+        if lock_product {
+            product::Entity::find_by_id(h.product_id)
+                .lock(LockType::NoKeyUpdate)
+                .one(&*txn)
+                .await?;
+        }
         let h = hold::Entity::find_by_id(hold_id)
             .lock(LockType::NoKeyUpdate)
             .one(&*txn)
             .await?
             .expect("holds are never deleted");
-        Ok(Some((txn, h)))
+        Ok(Some((txn, h, lock_product)))
     }
 
     fn order_payment_ttl_ms(&self) -> i64 {

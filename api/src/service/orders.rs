@@ -3,7 +3,7 @@
 use entity::{
     hold::{self, HoldStatus},
     order::{self, OrderStatus},
-    product,
+    payment, product,
 };
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set,
@@ -107,8 +107,18 @@ impl Service {
             .exec(&*txn)
             .await?;
         assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
+        // Webhooks for this hold take its lock too, so a payment recorded before this order
+        // is visible here, and one recorded after it finds the order and applies itself.
+        let early_payment = payment::Entity::find()
+            .filter(payment::Column::HoldId.eq(h.id))
+            .filter(payment::Column::Outcome.is_null())
+            .one(&*txn)
+            .await?
+            .is_some();
         txn.commit().await?;
-        self.jobs.check_pending_webhook(&self.db, h.id).await;
+        if early_payment {
+            self.jobs.check_pending_webhook(&self.db, h.id).await;
+        }
         metrics().orders.with_label_values(&["created"]).inc();
         tracing::debug!(order_id = o.id, hold_id = h.id, "order created");
         Ok((o.into(), false))

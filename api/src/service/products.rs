@@ -193,12 +193,32 @@ pub async fn reclaim_overdue_holds(
     product_id: i64,
     now_ms: i64,
 ) -> Result<i64> {
+    reclaim(conn, product_id, overdue_holds(product_id, now_ms)).await
+}
+
+/// [`reclaim_overdue_holds`] for the holds `hold_ids` of `product_id` only.
+pub async fn reclaim_overdue_holds_among(
+    conn: &impl ConnectionTrait,
+    product_id: i64,
+    hold_ids: &[i64],
+    now_ms: i64,
+) -> Result<i64> {
+    let among = overdue_holds(product_id, now_ms).add(hold::Column::Id.is_in(hold_ids.to_vec()));
+    reclaim(conn, product_id, among).await
+}
+
+/// Marks the holds matching `overdue` expired and gives their units back.
+async fn reclaim(
+    conn: &impl ConnectionTrait,
+    product_id: i64,
+    overdue: sea_orm::Condition,
+) -> Result<i64> {
     let reclaimed = hold::Entity::update_many()
         .col_expr(
             hold::Column::Status,
             Expr::value(HoldStatus::Expired.to_value()),
         )
-        .filter(overdue_holds(product_id, now_ms))
+        .filter(overdue)
         .exec_with_returning(conn)
         .await?;
     let units: i64 = reclaimed.iter().map(|h| h.qty).sum();

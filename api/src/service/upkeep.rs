@@ -20,21 +20,21 @@ use super::{
     holds::is_overdue,
     now_ms,
     payments::{Candidate, expire_hold, finish_order, record_outcomes, settle, unapplied_payments},
-    products::{reclaim_overdue_holds, release_stock},
+    products::{reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
 };
 use crate::Result;
 
 /// Most rows of each kind one sweep pass handles; the next pass takes the rest.
 pub const SWEEP_BATCH: u64 = 500;
 
-/// What [`Service::expire_hold_if_due`] found.
+/// What [`Service::expire_holds_if_due`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expiry {
-    /// The hold was overdue: it is now `expired` and its units are back.
+    /// A hold was overdue: it is now `expired` and its units are back.
     Expired,
     /// Ordered, paid, already expired or gone.
     NothingToDo,
-    /// Still live by this process's clock (the job ran early, or clocks differ).
+    /// A hold is still live by this process's clock (the job ran early, or clocks differ).
     NotYetDue,
 }
 
@@ -69,31 +69,54 @@ impl SweepReport {
 }
 
 impl Service {
-    /// Marks hold `hold_id` expired and returns its units if it is overdue.
-    pub async fn expire_hold_if_due(&self, hold_id: i64) -> Result<Expiry> {
-        let Some((txn, h)) = self.begin_on_hold(hold_id).await? else {
-            return Ok(Expiry::NothingToDo);
-        };
-        let now = now_ms();
-        if !is_overdue(&h, now) {
-            txn.rollback().await?;
-            let live = h.status == HoldStatus::Active && h.paid_at_ms.is_none();
-            return Ok(if live && h.expires_at_ms > now {
-                Expiry::NotYetDue
-            } else {
-                Expiry::NothingToDo
-            });
+    /// Marks those of `hold_ids` that are overdue expired and gives their units back, one
+    /// transaction per product. `Expired` when any expired; `NotYetDue` when any is still
+    /// live by this process's clock (the others are done, and running it again changes
+    /// nothing for them).
+    pub async fn expire_holds_if_due(&self, hold_ids: &[i64]) -> Result<Expiry> {
+        let holds = hold::Entity::find()
+            .filter(hold::Column::Id.is_in(hold_ids.to_vec()))
+            .all(&self.db.conn)
+            .await?;
+        let mut products: Vec<i64> = holds.iter().map(|h| h.product_id).collect();
+        products.sort_unstable();
+        products.dedup();
+        let mut expired_units = 0;
+        for product_id in products {
+            let txn = self.db.begin_write().await?;
+            product::Entity::find_by_id(product_id)
+                .lock(LockType::NoKeyUpdate)
+                .one(&*txn)
+                .await?;
+            let ids: Vec<i64> = holds
+                .iter()
+                .filter(|h| h.product_id == product_id)
+                .map(|h| h.id)
+                .collect();
+            let units = reclaim_overdue_holds_among(&*txn, product_id, &ids, now_ms()).await?;
+            txn.commit().await?;
+            if units > 0 {
+                self.cache.invalidate(product_id);
+                tracing::info!(product_id, units, "holds expired");
+            }
+            expired_units += units;
         }
-        expire_hold(&*txn, &h).await?;
-        txn.commit().await?;
-        self.cache.invalidate(h.product_id);
-        tracing::info!(
-            hold_id,
-            product_id = h.product_id,
-            qty = h.qty,
-            "hold expired"
-        );
-        Ok(Expiry::Expired)
+        // Read after the updates: what is still live now was not due when they ran.
+        let now = now_ms();
+        let still_live = hold::Entity::find()
+            .filter(hold::Column::Id.is_in(hold_ids.to_vec()))
+            .filter(hold::Column::Status.eq(HoldStatus::Active))
+            .filter(hold::Column::PaidAtMs.is_null())
+            .filter(hold::Column::ExpiresAtMs.gt(now))
+            .count(&self.db.conn)
+            .await?;
+        Ok(if still_live > 0 {
+            Expiry::NotYetDue
+        } else if expired_units > 0 {
+            Expiry::Expired
+        } else {
+            Expiry::NothingToDo
+        })
     }
 
     /// Settles the payments recorded for `hold_id` that wait for its order. Returns how

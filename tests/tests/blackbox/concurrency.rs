@@ -10,6 +10,7 @@ use tests::{Backend, Reply, TestApp, TestDb, assert_audit, on_both_backends, set
 on_both_backends!(
     parallel_holds_never_oversell,
     parallel_holds_of_mixed_quantities_never_exceed_the_stock,
+    parallel_holds_are_each_handed_their_own_hold,
     parallel_orders_for_one_hold_make_exactly_one_order,
     parallel_holds_with_one_idempotency_key_reserve_once,
     parallel_duplicate_webhooks_apply_exactly_once,
@@ -69,6 +70,53 @@ async fn parallel_holds_of_mixed_quantities_never_exceed_the_stock(backend: Back
         "units left unsold while buyers asked: {granted}"
     );
     assert_eq!(app.available(product).await, 100 - granted);
+    assert_audit(&db.url);
+}
+
+async fn parallel_holds_are_each_handed_their_own_hold(backend: Backend) {
+    // Goal: holds reserved together in one transaction are each handed to their own
+    // caller: a distinct hold of exactly the product and quantity asked, stored as answered,
+    // and the units handed out are exactly what left `available`.
+    // Method: 300 parallel POST /api/holds over two products, quantities 1..=5, with stock
+    // for about half of them; then GET /api/holds/{id} for every 201.
+    let (db, app) = setup!(backend);
+    let products = [
+        app.create_product(200, 100).await,
+        app.create_product(200, 100).await,
+    ];
+    let asks: Vec<(usize, i64)> = (0..300).map(|i| (i % 2, (i / 2 % 5 + 1) as i64)).collect();
+    let replies = join_all(asks.iter().map(|&(p, qty)| app.hold(products[p], qty))).await;
+    let mut ids = HashSet::new();
+    let mut units = [0_i64; 2];
+    for (&(p, qty), r) in asks.iter().zip(&replies) {
+        match r.status.as_u16() {
+            201 => {
+                assert_eq!(
+                    r.body["product_id"].as_i64(),
+                    Some(products[p]),
+                    "{:?}",
+                    r.body
+                );
+                assert_eq!(r.body["qty"].as_i64(), Some(qty), "{:?}", r.body);
+                let id = r.body["hold_id"].as_i64().unwrap();
+                assert!(ids.insert(id), "hold {id} handed to two callers");
+                let stored = app.get_hold(id).await;
+                assert_eq!(stored.body["product_id"].as_i64(), Some(products[p]));
+                assert_eq!(stored.body["qty"].as_i64(), Some(qty));
+                assert_eq!(stored.body["status"], "active");
+                units[p] += qty;
+            }
+            409 => assert_eq!(r.code(), "insufficient_stock"),
+            other => panic!("unexpected {other}: {:?}", r.body),
+        }
+    }
+    for (p, &product) in products.iter().enumerate() {
+        assert_eq!(app.available(product).await, 200 - units[p]);
+        assert!(
+            units[p] > 190,
+            "units left unsold while buyers asked: {units:?}"
+        );
+    }
     assert_audit(&db.url);
 }
 

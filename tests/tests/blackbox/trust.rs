@@ -2,7 +2,11 @@
 //! sending garbage, a service started without its webhook secret. Each ends with the
 //! stock audit passing.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use futures::future::join_all;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -97,9 +101,10 @@ async fn api_killed_in_a_hold_storm_loses_nothing_and_keeps_every_answered_payme
 async fn sigterm_lets_every_accepted_request_finish(backend: Backend) {
     // Goal: SIGTERM stops accepting but finishes what it accepted: every request the API
     // took up is answered in full, so every hold in the database was answered 201.
-    // Method: 200 parallel holds; SIGTERM 80 ms in. Requests still in the kernel's queue
-    // when the listener closes fail (they were never taken up); the holds in the database
-    // must match the 201s exactly.
+    // Method: 200 parallel holds; SIGTERM as soon as the first of them has committed, so
+    // the rest are in flight. Requests still in the kernel's queue when the listener closes
+    // fail (they were never taken up); the holds in the database must match the 201s
+    // exactly.
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
@@ -116,7 +121,14 @@ async fn sigterm_lets_every_accepted_request_finish(backend: Backend) {
         }))
         .await
     });
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    let first_commit = Instant::now();
+    while app.available(product).await == 1000 {
+        assert!(
+            first_commit.elapsed() < Duration::from_secs(20),
+            "no hold committed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     assert!(app.terminate(), "the API exits cleanly on SIGTERM");
     let (mut created, mut answered) = (0, 0);
     for r in storm.await.unwrap().into_iter().flatten() {

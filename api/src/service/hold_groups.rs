@@ -1,0 +1,321 @@
+//! Group reservation: concurrent holds on one product are reserved together, in one
+//! transaction — one conditional UPDATE by their sum, one multi-row INSERT — and each caller
+//! is handed its own hold.
+//!
+//! A hot product's row lock is held through every commit's fsync, so transactions on it
+//! never overlap; the rate of holds is the rate of commits times the holds per commit. Each
+//! product with waiting requests has one leader task in this process. The leader takes
+//! everything that queued while the previous group committed and reserves it as the next
+//! group, so the groups grow with the crowd by themselves and nobody waits for a timer.
+//! Several API processes stay correct because every decision is still made in the
+//! database, under the product's row lock.
+//!
+//! Only requests without an `Idempotency-Key` join groups: a keyed request must be checked
+//! against the keys already stored under the product lock, and one key refused by the
+//! unique index would abort the whole group's INSERT. Keyed requests take the single-hold
+//! transaction in [`super::holds`].
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use entity::{
+    hold::{self, HoldStatus},
+    product,
+};
+use sea_orm::{EntityTrait, QuerySelect, Set, sea_query::LockType};
+use tokio::sync::oneshot;
+
+use super::{
+    Service,
+    holds::{HoldView, next_expiry_ms, take_stock},
+    now_ms,
+    products::reclaim_overdue_holds,
+};
+use crate::{Error, Result, metrics::metrics};
+
+/// Most holds reserved in one transaction; the rest wait for the next group. Bounds the
+/// INSERT's bind parameters (8 per hold) well inside both back ends' limits.
+pub const MAX_GROUP: usize = 512;
+
+/// Longest a request waits for its group's answer, like a wait for a pool connection.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// A request waiting to join its product's next group.
+struct Waiting {
+    qty: i64,
+    reply: oneshot::Sender<Result<HoldView>>,
+}
+
+/// The requests waiting per product. A product has an entry exactly while its leader task
+/// runs.
+#[derive(Default)]
+pub struct HoldGroups {
+    waiting: Mutex<HashMap<i64, Vec<Waiting>>>,
+}
+
+impl HoldGroups {
+    /// The map. Its critical sections cannot leave it half changed, so a panic elsewhere
+    /// while it was held does not make it unusable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<Waiting>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a request. `true`: no leader runs for this product, the caller must start one.
+    fn enqueue(&self, product_id: i64, waiting: Waiting) -> bool {
+        let mut map = self.lock();
+        match map.entry(product_id) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().push(waiting);
+                false
+            }
+            Entry::Vacant(e) => {
+                e.insert(vec![waiting]);
+                true
+            }
+        }
+    }
+
+    /// The next group, oldest first; `None` when nobody waits, in which case the leader's
+    /// entry is gone and the next request starts a new leader. Requests whose caller has
+    /// gone (client disconnected, or gave up waiting) are dropped, not reserved.
+    fn next_group(&self, product_id: i64) -> Option<Vec<Waiting>> {
+        let mut map = self.lock();
+        let queue = map.get_mut(&product_id).expect("a leader has its entry");
+        queue.retain(|w| !w.reply.is_closed());
+        if queue.is_empty() {
+            map.remove(&product_id);
+            return None;
+        }
+        let n = queue.len().min(MAX_GROUP);
+        Some(queue.drain(..n).collect())
+    }
+}
+
+/// Removes a leader's entry if the leader stops before it is done (a failed assertion, or
+/// its task dropped), so that the requests still queued get an error instead of waiting
+/// forever and the next request starts a new leader.
+struct LeaderGuard<'a> {
+    groups: &'a HoldGroups,
+    product_id: i64,
+    /// Set when `next_group` found nobody waiting and removed the entry itself.
+    finished: bool,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        // Until `finished`, the entry is this leader's: nobody else removes or replaces it.
+        if !self.finished {
+            self.groups.lock().remove(&self.product_id);
+        }
+    }
+}
+
+/// What one group transaction decided for each of its requests, in order.
+type Decisions = Vec<Result<HoldView>>;
+
+impl Service {
+    /// Reserves `qty` units of `product_id` as part of the product's next group.
+    pub(super) async fn reserve_in_group(&self, product_id: i64, qty: i64) -> Result<HoldView> {
+        let (reply, answer) = oneshot::channel();
+        if self.hold_groups.enqueue(product_id, Waiting { qty, reply }) {
+            let svc = self.clone();
+            // A task of its own: a client that disconnects must not cancel a group's
+            // transaction half way.
+            tokio::spawn(async move { svc.lead_groups(product_id).await });
+        }
+        match tokio::time::timeout(MAX_WAIT, answer).await {
+            Ok(Ok(decision)) => decision,
+            // The leader stopped (a failed assertion, logged by the panic hook).
+            Ok(Err(_)) => Err(Error::Database(sea_orm::DbErr::Custom(format!(
+                "the hold group of product {product_id} failed"
+            )))),
+            // The product row is held elsewhere (a stuck transaction): answer 503 rather than
+            // queue forever. The request leaves the queue, or its hold expires unused.
+            Err(_) => Err(Error::Database(sea_orm::DbErr::ConnectionAcquire(
+                sea_orm::error::ConnAcquireErr::Timeout,
+            ))),
+        }
+    }
+
+    /// Reserves groups for `product_id` until nobody waits.
+    async fn lead_groups(&self, product_id: i64) {
+        let mut guard = LeaderGuard {
+            groups: &self.hold_groups,
+            product_id,
+            finished: false,
+        };
+        loop {
+            let Some(group) = self.hold_groups.next_group(product_id) else {
+                guard.finished = true;
+                return;
+            };
+            let qtys: Vec<i64> = group.iter().map(|w| w.qty).collect();
+            metrics().hold_group_size.observe(qtys.len() as f64);
+            let decisions = match self.reserve_group(product_id, &qtys).await {
+                Ok(decisions) => decisions,
+                Err(e) => share_error(e, qtys.len()),
+            };
+            let mut created = Vec::new();
+            for (waiting, decision) in group.into_iter().zip(decisions) {
+                if let Ok(view) = &decision {
+                    created.push((view.id, view.expires_at_ms));
+                }
+                // The caller may be gone (client disconnected); its hold expires unused.
+                let _ = waiting.reply.send(decision);
+            }
+            if let Some(&(_, expires_at_ms)) = created.first() {
+                let (svc, ids) = (self.clone(), created.iter().map(|(id, _)| *id).collect());
+                // Off the leader's path: the next group need not wait for the job's commit.
+                tokio::spawn(
+                    async move { svc.jobs.expire_holds(&svc.db, ids, expires_at_ms).await },
+                );
+            }
+        }
+    }
+
+    /// The group transaction. The fast path takes the sum of `qtys` with one conditional
+    /// UPDATE (which locks the product row on PostgreSQL). When that finds too little, it
+    /// locks the row, reclaims overdue holds, and grants the requests in arrival order while
+    /// units last; the others are refused.
+    async fn reserve_group(&self, product_id: i64, qtys: &[i64]) -> Result<Decisions> {
+        let total: i64 = qtys.iter().sum();
+        let evidence = self.cache.ticket(product_id);
+        let txn = self.db.begin_write().await?;
+        // `Some(left)`: refused, with `left` units free when its turn came.
+        let mut refusals: Vec<Option<i64>> = vec![None; qtys.len()];
+        if !take_stock(&*txn, product_id, total).await? {
+            // Both clocks read before the locked read: the evidence is at least this fresh.
+            let (read_at, read_at_ms) = (Instant::now(), now_ms());
+            let Some(p) = product::Entity::find_by_id(product_id)
+                .lock(LockType::NoKeyUpdate)
+                .one(&*txn)
+                .await?
+            else {
+                txn.rollback().await?;
+                return Ok(qtys
+                    .iter()
+                    .map(|_| Err(Error::ProductNotFound(product_id)))
+                    .collect());
+            };
+            let reclaimed = reclaim_overdue_holds(&*txn, p.id, now_ms()).await?;
+            let mut left = p.available + reclaimed;
+            for (qty, refusal) in qtys.iter().zip(&mut refusals) {
+                if *qty <= left {
+                    left -= qty;
+                } else {
+                    *refusal = Some(left);
+                }
+            }
+            let granted = p.available + reclaimed - left;
+            if granted > 0 {
+                assert!(
+                    take_stock(&*txn, p.id, granted).await?,
+                    "product {} lost units under its lock",
+                    p.id
+                );
+            } else {
+                if reclaimed > 0 {
+                    txn.commit().await?;
+                    self.cache.invalidate(p.id);
+                } else {
+                    // Nothing frees units before the next unpaid hold expires (or a
+                    // release, which invalidates the note in this process).
+                    let next_expiry = next_expiry_ms(&*txn, p.id).await?;
+                    txn.rollback().await?;
+                    // Ends a millisecond before the next expiry (the ms clock truncates).
+                    let valid_ms = next_expiry.map_or(i64::MAX, |at| at - read_at_ms - 1);
+                    let valid_for = Duration::from_millis(u64::try_from(valid_ms).unwrap_or(0));
+                    self.cache
+                        .note_short(evidence, p.available, read_at, valid_for);
+                }
+                return Ok(qtys
+                    .iter()
+                    .zip(refusals)
+                    .map(|(&qty, left)| {
+                        Err(insufficient(product_id, qty, left.expect("all refused")))
+                    })
+                    .collect());
+            }
+        }
+        // Read the clock only now that the lock is held: waiting must not shorten the TTL.
+        let now = now_ms();
+        let expires_at_ms = now + self.hold_ttl_ms();
+        let rows = qtys
+            .iter()
+            .zip(&refusals)
+            .filter(|(_, refusal)| refusal.is_none())
+            .map(|(qty, _)| hold::ActiveModel {
+                product_id: Set(product_id),
+                qty: Set(*qty),
+                status: Set(HoldStatus::Active),
+                expires_at_ms: Set(expires_at_ms),
+                paid_at_ms: Set(None),
+                idempotency_key: Set(None),
+                request_hash: Set(None),
+                created_at_ms: Set(now),
+                ..Default::default()
+            });
+        let mut inserted = hold::Entity::insert_many(rows)
+            .exec_with_returning(&*txn)
+            .await?;
+        txn.commit().await?;
+        self.cache.invalidate(product_id);
+        // The new holds differ only in quantity, so any hold of the right quantity is the
+        // caller's own; the order RETURNING lists them in does not matter.
+        let decisions: Decisions = qtys
+            .iter()
+            .zip(&refusals)
+            .map(|(&qty, refusal)| match refusal {
+                Some(left) => Err(insufficient(product_id, qty, *left)),
+                None => {
+                    let at = inserted
+                        .iter()
+                        .position(|h| h.qty == qty)
+                        .expect("one inserted hold per granted request");
+                    Ok(HoldView::as_created(&inserted.swap_remove(at)))
+                }
+            })
+            .collect();
+        assert!(inserted.is_empty(), "a hold was inserted for nobody");
+        tracing::debug!(
+            product_id,
+            holds = qtys.len() - refusals.iter().flatten().count(),
+            refused = refusals.iter().flatten().count(),
+            "hold group reserved"
+        );
+        Ok(decisions)
+    }
+}
+
+fn insufficient(product_id: i64, requested: i64, available: i64) -> Error {
+    Error::InsufficientStock {
+        product_id,
+        requested,
+        available,
+    }
+}
+
+/// One database error, handed to each of `n` waiters: the first gets the original, the
+/// others an equivalent that keeps its meaning (unreachable database or not).
+fn share_error(e: Error, n: usize) -> Decisions {
+    let db = match e {
+        Error::Database(db) => db,
+        // Not expected: the group transaction fails only with database errors.
+        other => sea_orm::DbErr::Custom(other.to_string()),
+    };
+    tracing::error!(error = %db, details = ?db, "hold group failed");
+    let copy = || {
+        let message = db.to_string();
+        Error::Database(if crate::error::database_unreachable(&db) {
+            sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(message))
+        } else {
+            sea_orm::DbErr::Custom(message)
+        })
+    };
+    let mut decisions: Decisions = (1..n).map(|_| Err(copy())).collect();
+    decisions.insert(0, Err(Error::Database(db)));
+    decisions
+}
