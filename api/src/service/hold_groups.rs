@@ -25,7 +25,10 @@ use entity::{
     hold::{self, HoldStatus},
     product,
 };
-use sea_orm::{EntityTrait, QuerySelect, Set, sea_query::LockType};
+use sea_orm::{
+    ActiveEnum, DbBackend, EntityTrait, FromQueryResult, QuerySelect, Statement,
+    sea_query::LockType,
+};
 use tokio::sync::oneshot;
 
 use super::{
@@ -36,8 +39,8 @@ use super::{
 };
 use crate::{Error, Result, metrics::metrics};
 
-/// Most holds reserved in one transaction; the rest wait for the next group. Bounds the
-/// INSERT's bind parameters (8 per hold) well inside both back ends' limits.
+/// Most holds reserved in one transaction; the rest wait for the next group. Bounds how
+/// long one transaction holds the product row.
 pub const MAX_GROUP: usize = 512;
 
 /// Longest a request waits for its group's answer, like a wait for a pool connection.
@@ -243,24 +246,26 @@ impl Service {
         // Read the clock only now that the lock is held: waiting must not shorten the TTL.
         let now = now_ms();
         let expires_at_ms = now + self.hold_ttl_ms();
-        let rows = qtys
+        let granted: Vec<i64> = qtys
             .iter()
             .zip(&refusals)
             .filter(|(_, refusal)| refusal.is_none())
-            .map(|(qty, _)| hold::ActiveModel {
-                product_id: Set(product_id),
-                qty: Set(*qty),
-                status: Set(HoldStatus::Active),
-                expires_at_ms: Set(expires_at_ms),
-                paid_at_ms: Set(None),
-                idempotency_key: Set(None),
-                request_hash: Set(None),
-                created_at_ms: Set(now),
-                ..Default::default()
-            });
-        let mut inserted = hold::Entity::insert_many(rows)
-            .exec_with_returning(&*txn)
-            .await?;
+            .map(|(qty, _)| *qty)
+            .collect();
+        let mut inserted = hold::Model::find_by_statement(insert_holds(
+            self.db.backend(),
+            product_id,
+            &granted,
+            expires_at_ms,
+            now,
+        ))
+        .all(&*txn)
+        .await?;
+        assert_eq!(
+            inserted.len(),
+            granted.len(),
+            "one hold per granted request"
+        );
         txn.commit().await?;
         self.cache.invalidate(product_id);
         // The new holds differ only in quantity, so any hold of the right quantity is the
@@ -318,4 +323,47 @@ fn share_error(e: Error, n: usize) -> Decisions {
     let mut decisions: Decisions = (1..n).map(|_| Err(copy())).collect();
     decisions.insert(0, Err(Error::Database(db)));
     decisions
+}
+
+/// One INSERT of active holds of `product_id`, one per quantity in `qtys`, returning them.
+/// Written by hand rather than as a multi-row `VALUES` list: the quantities travel as one
+/// JSON array, so the statement has the same text for every group size and each connection
+/// prepares it once (a `VALUES` list would be a new statement, parsed and planned anew, for
+/// each size).
+fn insert_holds(
+    backend: DbBackend,
+    product_id: i64,
+    qtys: &[i64],
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> Statement {
+    let qtys = serde_json::to_string(qtys).expect("integers serialise");
+    let active = HoldStatus::Active.to_value();
+    match backend {
+        DbBackend::Postgres => Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO holds (product_id, qty, status, expires_at_ms, created_at_ms) \
+             SELECT $1, q::bigint, $2, $3, $4 FROM json_array_elements_text($5::json) AS q \
+             RETURNING *",
+            [
+                product_id.into(),
+                active.into(),
+                expires_at_ms.into(),
+                now_ms.into(),
+                qtys.into(),
+            ],
+        ),
+        _ => Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO holds (product_id, qty, status, expires_at_ms, created_at_ms) \
+             SELECT ?, value, ?, ?, ? FROM json_each(?) RETURNING *",
+            [
+                product_id.into(),
+                active.into(),
+                expires_at_ms.into(),
+                now_ms.into(),
+                qtys.into(),
+            ],
+        ),
+    }
 }
