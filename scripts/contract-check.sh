@@ -11,8 +11,13 @@ bin="${FLASHSALE_API_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/flashsale-api}
 venv="$("$root/scripts/python-tools.sh")"
 work="$(mktemp -d)"
 cd "$work" # schemathesis keeps a cache in the working folder
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# `start` runs in a command substitution (a subshell), so it records its servers in a file.
+cleanup() {
+  if [ -f "$work/pids" ]; then
+    while read -r p; do kill "$p" 2>/dev/null || true; done < "$work/pids"
+  fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # Starts flashsale-api with the given environment on a fresh SQLite file; prints its URL.
@@ -20,7 +25,7 @@ start() {
   local name="$1"; shift
   env "$@" DATABASE_URL="sqlite://$work/$name.db?mode=rwc" BIND=127.0.0.1:0 LOG_FORMAT=json \
     RUST_LOG=warn,flashsale_api=info "$bin" --with-worker > "$work/$name.log" 2>&1 &
-  pids+=("$!")
+  echo "$!" >> "$work/pids"
   for _ in $(seq 1 100); do
     local addr
     addr=$(sed -n 's/.*"message":"flashsale-api listening","addr":"\([^"]*\)".*/\1/p' "$work/$name.log" | head -1)
