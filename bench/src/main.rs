@@ -748,7 +748,7 @@ fn table(rows: &[Row], pg: &PgBaselines) -> String {
         t,
         "\nWhere the time goes: CPU in % of one core (the machine has two), and what \
          PostgreSQL's busy backends were doing (share of 20 ms samples of `pg_stat_activity`; \
-         `CPU`: running, `IO:WalSync`: waiting for the commit's fsync, `Lock:…`: waiting for a \
+         `CPU`: running, `IO:WALSync`: waiting for the commit's fsync, `Lock:…`: waiting for a \
          row lock, `Client:ClientRead`: waiting for the API's next statement inside a \
          transaction).\n"
     );
