@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Service,
-    holds::{HoldView, next_expiry_ms, take_stock},
+    holds::{HoldView, take_stock},
     now_ms,
     products::reclaim_overdue_holds,
 };
@@ -220,20 +220,8 @@ impl Service {
                     p.id
                 );
             } else {
-                if reclaimed > 0 {
-                    txn.commit().await?;
-                    self.cache.invalidate(p.id);
-                } else {
-                    // Nothing frees units before the next unpaid hold expires (or a
-                    // release, which invalidates the note in this process).
-                    let next_expiry = next_expiry_ms(&*txn, p.id).await?;
-                    txn.rollback().await?;
-                    // Ends a millisecond before the next expiry (the ms clock truncates).
-                    let valid_ms = next_expiry.map_or(i64::MAX, |at| at - read_at_ms - 1);
-                    let valid_for = Duration::from_millis(u64::try_from(valid_ms).unwrap_or(0));
-                    self.cache
-                        .note_short(evidence, p.available, read_at, valid_for);
-                }
+                self.end_refused(txn, evidence, &p, reclaimed, (read_at, read_at_ms))
+                    .await?;
                 return Ok(qtys
                     .iter()
                     .zip(refusals)

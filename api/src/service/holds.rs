@@ -12,10 +12,10 @@ use sea_orm::{
 };
 
 use super::{
-    Service, is_unique_violation, now_ms, products::reclaim_overdue_holds, request_hash,
-    validate_idempotency_key,
+    Service, cache::Ticket, is_unique_violation, now_ms, products::reclaim_overdue_holds,
+    request_hash, validate_idempotency_key,
 };
-use crate::{Error, Result, metrics::metrics};
+use crate::{Error, Result, db::WriteTxn, metrics::metrics};
 
 /// A hold as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,20 +169,8 @@ impl Service {
             }
             let reclaimed = reclaim_overdue_holds(&*txn, p.id, now_ms()).await?;
             if !take_stock(&*txn, p.id, req.qty).await? {
-                if reclaimed > 0 {
-                    txn.commit().await?;
-                    self.cache.invalidate(p.id);
-                } else {
-                    // Nothing frees units before the next unpaid hold expires (or a
-                    // release, which invalidates the note in this process).
-                    let next_expiry = next_expiry_ms(&*txn, p.id).await?;
-                    txn.rollback().await?;
-                    // Ends a millisecond before the next expiry (the ms clock truncates).
-                    let valid_ms = next_expiry.map_or(i64::MAX, |at| at - read_at_ms - 1);
-                    let valid_for = Duration::from_millis(u64::try_from(valid_ms).unwrap_or(0));
-                    self.cache
-                        .note_short(evidence, p.available, read_at, valid_for);
-                }
+                self.end_refused(txn, evidence, &p, reclaimed, (read_at, read_at_ms))
+                    .await?;
                 return Err(Error::InsufficientStock {
                     product_id: p.id,
                     requested: req.qty,
@@ -226,6 +214,33 @@ impl Service {
         Ok((HoldView::as_created(&hold), false))
     }
 
+    /// Ends a reservation transaction that could grant nothing. Overdue holds it reclaimed
+    /// are committed; otherwise it rolls back and remembers that `p` had only
+    /// `p.available` units free, as read at `read_at` (taken after `evidence`), until the
+    /// next unpaid hold could expire (or a release, which drops the note in this process).
+    pub(super) async fn end_refused(
+        &self,
+        txn: WriteTxn,
+        evidence: Ticket,
+        p: &product::Model,
+        reclaimed: i64,
+        (read_at, read_at_ms): (Instant, i64),
+    ) -> Result<()> {
+        if reclaimed > 0 {
+            txn.commit().await?;
+            self.cache.invalidate(p.id);
+            return Ok(());
+        }
+        let next_expiry = next_expiry_ms(&*txn, p.id).await?;
+        txn.rollback().await?;
+        // Ends a millisecond before the next expiry (the ms clock truncates).
+        let valid_ms = next_expiry.map_or(i64::MAX, |at| at - read_at_ms - 1);
+        let valid_for = Duration::from_millis(u64::try_from(valid_ms).unwrap_or(0));
+        self.cache
+            .note_short(evidence, p.available, read_at, valid_for);
+        Ok(())
+    }
+
     /// Hold `id` with its current status.
     pub async fn hold(&self, id: i64) -> Result<HoldView> {
         let h = hold::Entity::find_by_id(id)
@@ -237,10 +252,7 @@ impl Service {
 }
 
 /// When the next unpaid active hold of `product_id` expires, if any.
-pub(super) async fn next_expiry_ms(
-    conn: &impl ConnectionTrait,
-    product_id: i64,
-) -> Result<Option<i64>> {
+async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<Option<i64>> {
     let next: Option<Option<i64>> = hold::Entity::find()
         .select_only()
         .column_as(hold::Column::ExpiresAtMs.min(), "next")
