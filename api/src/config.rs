@@ -15,6 +15,12 @@ pub struct DatabaseConfig {
     /// Most connections this process opens to the database.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
+
+    /// Longest a request waits on the database before it is answered 503: for a pool
+    /// connection, for a locked row (PostgreSQL `lock_timeout`), for SQLite's write lock,
+    /// and for its place in a hold group.
+    #[arg(long, env = "DB_WAIT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub db_wait_secs: u64,
 }
 
 /// The business rules both processes apply.
@@ -36,6 +42,22 @@ pub struct RulesConfig {
     /// Largest quantity one hold may reserve.
     #[arg(long, env = "MAX_QTY_PER_HOLD", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub max_qty_per_hold: i64,
+}
+
+impl RulesConfig {
+    /// Refuses rules that contradict each other.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.idempotency_key_ttl_secs < self.hold_ttl_secs {
+            anyhow::bail!(
+                "IDEMPOTENCY_KEY_TTL_SECS ({}) is shorter than HOLD_TTL_SECS ({}): a retry of a \
+                 live hold whose key was already forgotten would reserve a second time. Set \
+                 IDEMPOTENCY_KEY_TTL_SECS to at least HOLD_TTL_SECS",
+                self.idempotency_key_ttl_secs,
+                self.hold_ttl_secs
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The worker's schedule.
@@ -112,6 +134,7 @@ pub struct Config {
 impl Config {
     /// Refuses settings that are unsafe outside development.
     pub fn check(&self) -> anyhow::Result<()> {
+        self.rules.check()?;
         if self.webhook_secrets().is_empty() && !(self.dev || self.demo) {
             anyhow::bail!(
                 "WEBHOOK_SECRET is not set: anyone could mark orders paid. Set it (comma-separated \

@@ -1,6 +1,12 @@
 //! Connecting, migrating, and the one way to open a write transaction.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -22,6 +28,11 @@ pub struct Db {
     /// SQLite only: lets one transaction of this process write at a time, so our own
     /// writers queue in order here instead of spinning in SQLite's busy handler.
     write_gate: Option<Arc<Mutex<()>>>,
+    /// Longest a request waits on the database (`DB_WAIT_SECS`).
+    wait: Duration,
+    /// Set while [`watch_reachability`](Self::watch_reachability) finds the database
+    /// unreachable: requests are then refused at once instead of each waiting `wait`.
+    down: Arc<AtomicBool>,
 }
 
 /// A transaction that may write. On SQLite it holds the write lock from `BEGIN` on
@@ -52,23 +63,33 @@ impl WriteTxn {
 impl Db {
     /// Opens a pool on `cfg.database_url`.
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, DbErr> {
+        let wait = Duration::from_secs(cfg.db_wait_secs);
+        let lock_timeout_ms = wait.as_millis();
         let mut opt = ConnectOptions::new(cfg.database_url.clone());
         opt.max_connections(cfg.db_max_connections)
             .min_connections(1)
             .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(wait)
             .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|o| {
+            // A statement never waits longer than a request would for a row lock: a stuck
+            // transaction turns into a clean 503 and a rollback, not a request that hangs.
+            .map_sqlx_postgres_opts(move |o| o.options([("lock_timeout", lock_timeout_ms)]))
+            .map_sqlx_sqlite_opts(move |o| {
                 o.create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
+                    .busy_timeout(wait)
                     .foreign_keys(true)
             });
         let conn = Database::connect(opt).await?;
         let write_gate =
             (conn.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Self { conn, write_gate })
+        Ok(Self {
+            conn,
+            write_gate,
+            wait,
+            down: Arc::default(),
+        })
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -128,17 +149,23 @@ impl Db {
         }
     }
 
-    /// SQLite only: waits for this process's turn to write outside a [`WriteTxn`].
-    pub async fn write_gate(&self) -> Option<OwnedMutexGuard<()>> {
-        match &self.write_gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
-            None => None,
+    /// SQLite only: waits for this process's turn to write outside a [`WriteTxn`], at most
+    /// as long as for a pool connection.
+    pub async fn write_gate(&self) -> Result<Option<OwnedMutexGuard<()>>, DbErr> {
+        let Some(gate) = &self.write_gate else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(self.wait, gate.clone().lock_owned()).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(_) => Err(DbErr::ConnectionAcquire(
+                sea_orm::error::ConnAcquireErr::Timeout,
+            )),
         }
     }
 
     /// Begins a transaction that is going to write.
     pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
-        let gate = self.write_gate().await;
+        let gate = self.write_gate().await?;
         let txn = self
             .conn
             .begin_with_options(TransactionOptions {
@@ -149,6 +176,37 @@ impl Db {
         Ok(WriteTxn { txn, _gate: gate })
     }
 
+    /// Longest a request waits on the database (`DB_WAIT_SECS`).
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// `true` while the database is known to be unreachable.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// PostgreSQL only: checks every [`PROBE_INTERVAL`] on a connection of its own, outside
+    /// the pool (a busy pool is not a down database), whether the database answers, and
+    /// keeps [`is_down`](Self::is_down) true while it does not. Runs until the process ends.
+    pub async fn watch_reachability(&self) {
+        if self.backend() != DbBackend::Postgres {
+            return;
+        }
+        let opts = self.conn.get_postgres_connection_pool().connect_options();
+        let mut probe = None;
+        loop {
+            let up = probe_once(&opts, &mut probe).await;
+            if self.down.swap(!up, Ordering::Relaxed) == up {
+                match up {
+                    true => tracing::info!("the database answers again"),
+                    false => tracing::warn!("the database is unreachable: refusing requests"),
+                }
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
     /// `true` when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         let stmt = sea_orm::Statement::from_string(self.backend(), "SELECT 1");
@@ -157,6 +215,39 @@ impl Db {
             .is_ok_and(|r| r.is_ok())
     }
 }
+
+/// How often [`Db::watch_reachability`] checks the database.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One reachability check on the probe connection, (re)connecting it when needed. A
+/// failed query is retried once on a new connection, so a connection the server closed
+/// while idle is not taken for a database that is down.
+async fn probe_once(
+    opts: &sea_orm::sqlx::postgres::PgConnectOptions,
+    probe: &mut Option<sea_orm::sqlx::PgConnection>,
+) -> bool {
+    use sea_orm::sqlx::{Connection, PgConnection};
+    for _ in 0..2 {
+        if probe.is_none() {
+            let connect = PgConnection::connect_with(opts);
+            *probe = tokio::time::timeout(PROBE_TIMEOUT, connect)
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(conn) = probe.as_mut() else {
+            return false;
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, conn.ping()).await {
+            return true;
+        }
+        *probe = None;
+    }
+    false
+}
+
+/// Longest one probe may take before the database counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn sqlx_err(e: sea_orm::sqlx::Error) -> DbErr {
     DbErr::Custom(format!("migration lock: {e}"))

@@ -29,6 +29,9 @@ pub enum Error {
     Unauthorized,
     #[error("{0}")]
     InvalidSignature(&'static str),
+    /// The database could not serve the request in time; nothing of it was written.
+    #[error("{0}")]
+    Unavailable(&'static str),
     #[error("database error")]
     Database(#[from] sea_orm::DbErr),
 }
@@ -54,31 +57,85 @@ impl Error {
             Self::Validation { .. } => "validation_error",
             Self::Unauthorized => "unauthorized",
             Self::InvalidSignature(_) => "invalid_signature",
+            Self::Unavailable(_) => "database_unavailable",
+            Self::Database(db) if database_unavailable(db) => "database_unavailable",
             Self::Database(_) => "internal_error",
         }
     }
 }
 
-/// `true` when the error says the database could not be reached (rather than that it
-/// refused the statement): the request may succeed later, so it is a 503.
-pub(crate) fn database_unreachable(e: &sea_orm::DbErr) -> bool {
+/// `true` when the error says the database could not serve the statement now (it could
+/// not be reached, went away, is shutting down or starting, or a lock or connection was
+/// not had in time), rather than that it refused it: the request may succeed later, so
+/// it is a 503. The transaction it ran in is rolled back either way.
+pub(crate) fn database_unavailable(e: &sea_orm::DbErr) -> bool {
     use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
     match e {
         DbErr::ConnectionAcquire(_) => true,
         DbErr::Conn(RuntimeErr::SqlxError(inner))
         | DbErr::Exec(RuntimeErr::SqlxError(inner))
-        | DbErr::Query(RuntimeErr::SqlxError(inner)) => matches!(
-            inner.as_ref(),
+        | DbErr::Query(RuntimeErr::SqlxError(inner)) => match inner.as_ref() {
             Sqlx::Io(_)
-                | Sqlx::PoolTimedOut
-                | Sqlx::PoolClosed
-                | Sqlx::WorkerCrashed
-                | Sqlx::Protocol(_)
-        ),
+            | Sqlx::PoolTimedOut
+            | Sqlx::PoolClosed
+            | Sqlx::WorkerCrashed
+            | Sqlx::Protocol(_) => true,
+            Sqlx::Database(db) => db.code().is_some_and(|code| {
+                match db.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>() {
+                    Some(_) => transient_sqlstate(&code),
+                    None => code.parse().is_ok_and(transient_sqlite_code),
+                }
+            }),
+            _ => false,
+        },
         DbErr::Conn(_) => true,
         _ => false,
     }
 }
 
+/// `true` for the PostgreSQL SQLSTATEs that mean "not now" rather than "never": classes
+/// 08 (connection exception), 53 (insufficient resources) and 57P (shutting down,
+/// starting up, terminated by an administrator), 55P03 (a lock not had within
+/// `lock_timeout`) and 57014 (statement cancelled).
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || code == "55P03"
+        || code == "57014"
+}
+
+/// `true` for SQLite's BUSY and LOCKED (primary codes 5 and 6, with any extended code).
+fn transient_sqlite_code(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6)
+}
+
 /// Result of a service operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::{transient_sqlite_code, transient_sqlstate};
+
+    #[test]
+    fn codes_that_mean_not_now_are_transient() {
+        for code in [
+            "57P01", "57P02", "57P03", "08006", "08001", "53300", "55P03", "57014",
+        ] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in [5, 6, 261, 517, 773] {
+            assert!(transient_sqlite_code(code), "SQLite {code}");
+        }
+    }
+
+    #[test]
+    fn codes_that_mean_never_are_not_transient() {
+        for code in ["23505", "23503", "22003", "42P01", "40P01"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        for code in [1, 19, 2067, 1555] {
+            assert!(!transient_sqlite_code(code), "SQLite {code}");
+        }
+    }
+}

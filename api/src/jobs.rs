@@ -108,18 +108,22 @@ impl JobQueue {
             .idempotency_key(format!("expire-holds-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
             .build();
-        let _gate = db.write_gate().await;
-        let result = match self {
-            Self::Sqlite { expire, .. } => expire
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| e.to_string()),
-            Self::Postgres { expire, .. } => expire
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| e.to_string()),
+        // A push that cannot get its turn to write is lost like any failed push: the sweep
+        // catches what it would have done.
+        let result = match db.write_gate().await {
+            Err(e) => Err(e.to_string()),
+            Ok(_gate) => match self {
+                Self::Sqlite { expire, .. } => expire
+                    .clone()
+                    .push_task(task)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Self::Postgres { expire, .. } => expire
+                    .clone()
+                    .push_task(task)
+                    .await
+                    .map_err(|e| e.to_string()),
+            },
         };
         report("ExpireHold", hold_id, result);
     }
@@ -130,18 +134,22 @@ impl JobQueue {
             .idempotency_key(format!("check-webhook-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
             .build();
-        let _gate = db.write_gate().await;
-        let result = match self {
-            Self::Sqlite { check, .. } => check
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| e.to_string()),
-            Self::Postgres { check, .. } => check
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| e.to_string()),
+        // A push that cannot get its turn to write is lost like any failed push: the sweep
+        // catches what it would have done.
+        let result = match db.write_gate().await {
+            Err(e) => Err(e.to_string()),
+            Ok(_gate) => match self {
+                Self::Sqlite { check, .. } => check
+                    .clone()
+                    .push_task(task)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Self::Postgres { check, .. } => check
+                    .clone()
+                    .push_task(task)
+                    .await
+                    .map_err(|e| e.to_string()),
+            },
         };
         report("CheckPendingWebhook", hold_id, result);
     }

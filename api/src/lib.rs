@@ -38,6 +38,10 @@ impl App {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let db = Db::connect(&config.database).await?;
         db.migrate().await?;
+        tokio::spawn({
+            let db = db.clone();
+            async move { db.watch_reachability().await }
+        });
         let svc = Service::new(db, config.rules.clone());
         if config.demo
             && let Some(p) = svc.seed_demo().await?

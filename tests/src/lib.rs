@@ -581,25 +581,37 @@ where
 /// away from a process without touching the database server other tests share.
 pub struct TcpProxy {
     pub port: u16,
+    target: String,
     cut: Arc<std::sync::atomic::AtomicBool>,
     links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl TcpProxy {
     /// Listens on a free loopback port and forwards to `target` (`host:port`).
     pub async fn start(target: String) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (cut2, links2) = (cut.clone(), links.clone());
+        let proxy = Self {
+            port,
+            target,
+            cut: Arc::default(),
+            links: Arc::default(),
+            accept: Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// Forwards every connection `listener` accepts while the proxy is not cut.
+    fn serve(&self, listener: std::net::TcpListener) {
+        use std::sync::atomic::Ordering;
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let (cut, links, target) = (self.cut.clone(), self.links.clone(), self.target.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if cut2.load(Ordering::SeqCst) {
+                if cut.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
@@ -609,18 +621,13 @@ impl TcpProxy {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
-                links2.lock().expect("links").push(link);
+                links.lock().expect("links").push(link);
             }
         });
-        Self {
-            port,
-            cut,
-            links,
-            accept,
-        }
+        *self.accept.lock().expect("accept") = Some(accept);
     }
 
-    /// Drops every open connection and refuses new ones.
+    /// Drops every open connection and closes new ones as soon as they are accepted.
     pub fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
         for link in self.links.lock().expect("links").drain(..) {
@@ -628,16 +635,29 @@ impl TcpProxy {
         }
     }
 
-    /// Lets connections through again.
+    /// Like [`cut`](Self::cut), and stops listening too, so that connecting is refused
+    /// (`ECONNREFUSED`), as when the database server is stopped or restarting.
+    pub fn refuse(&self) {
+        self.cut();
+        if let Some(accept) = self.accept.lock().expect("accept").take() {
+            accept.abort();
+        }
+    }
+
+    /// Lets connections through again (listening again on the same port if it stopped).
     pub fn restore(&self) {
+        if self.accept.lock().expect("accept").is_none() {
+            let listener =
+                std::net::TcpListener::bind(("127.0.0.1", self.port)).expect("bind proxy again");
+            self.serve(listener);
+        }
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
+        self.refuse();
     }
 }
 
@@ -717,4 +737,63 @@ macro_rules! setup {
         let app = $crate::TestApp::spawn(&db, $env).await;
         (db, app)
     }};
+}
+
+/// A second session that holds what every writer of a product needs: on PostgreSQL the
+/// product's row lock (`SELECT … FOR UPDATE`), on SQLite the database's write lock
+/// (`BEGIN IMMEDIATE`). It stands for a stuck transaction; dropped or released, it lets go.
+pub struct StuckWriter {
+    txn: Option<sea_orm::DatabaseTransaction>,
+    conn: sea_orm::DatabaseConnection,
+}
+
+impl StuckWriter {
+    /// Takes the lock on product `product_id` of the database at `db_url`.
+    pub async fn lock_product(db_url: &str, product_id: i64) -> Self {
+        use sea_orm::{
+            ConnectionTrait, DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+        };
+        let conn = sea_orm::Database::connect(db_url).await.expect("connect");
+        let txn = conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+            .expect("begin");
+        if conn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!(
+                "SELECT id FROM products WHERE id = {product_id} FOR UPDATE"
+            ))
+            .await
+            .expect("lock the product row");
+        }
+        Self {
+            txn: Some(txn),
+            conn,
+        }
+    }
+
+    /// Ends the stuck transaction (rolled back: it wrote nothing).
+    pub async fn release(mut self) {
+        if let Some(txn) = self.txn.take() {
+            txn.rollback().await.expect("rollback");
+        }
+        let _ = self.conn.clone().close().await;
+    }
+}
+
+/// Runs one `SELECT` that yields a single integer on the database at `db_url`.
+pub async fn query_i64(db_url: &str, sql: &str) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let conn = sea_orm::Database::connect(db_url).await.expect("connect");
+    let stmt = Statement::from_string(conn.get_database_backend(), sql.to_owned());
+    let row = conn
+        .query_one_raw(stmt)
+        .await
+        .expect("query")
+        .expect("one row");
+    let n: i64 = row.try_get_by_index(0).expect("an integer");
+    conn.close().await.ok();
+    n
 }

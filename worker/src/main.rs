@@ -62,6 +62,7 @@ const MAX_SWEEP_PASSES: usize = 1000;
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     api::config::init_tracing(cli.log_format);
+    cli.rules.check()?;
     let db = Db::connect(&cli.database).await?;
     db.migrate().await?;
     let svc = Service::new(db, cli.rules);

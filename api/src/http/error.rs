@@ -88,14 +88,19 @@ impl From<Error> for ApiError {
             | Error::IdempotencyKeyReused => Self::Conflict(b),
             Error::Validation { .. } => Self::Unprocessable(b),
             Error::Unauthorized | Error::InvalidSignature(_) => Self::Unauthorized(b),
+            Error::Unavailable(why) => {
+                tracing::warn!(reason = why, "request refused: database unavailable");
+                Self::Unavailable(body("database_unavailable", format!("{why}; retry later")))
+            }
             Error::Database(db) => {
-                tracing::error!(error = %db, details = ?db, "database error");
-                if crate::error::database_unreachable(&db) {
+                if crate::error::database_unavailable(&db) {
+                    tracing::warn!(error = %db, details = ?db, "database unavailable");
                     Self::Unavailable(body(
                         "database_unavailable",
                         "the database is unavailable; retry later",
                     ))
                 } else {
+                    tracing::error!(error = %db, details = ?db, "database error");
                     Self::Internal(body("internal_error", "internal error"))
                 }
             }

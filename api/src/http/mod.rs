@@ -106,6 +106,7 @@ pub fn routes(state: State) -> impl Endpoint<Output = Response> {
         .at("/openapi.yaml", spec_yaml)
         .at("/openapi.json", spec_json)
         .nest("/", api)
+        .around(refuse_while_database_down)
         .data(state)
         .catch_all_error(error::catch_all)
         .around(observe)
@@ -150,6 +151,20 @@ fn route_of(path: &str) -> Option<&'static (String, Vec<String>, String)> {
 /// The methods served at `path` (paths outside the OpenAPI document serve GET only).
 fn allowed_methods(path: &str) -> &'static str {
     route_of(path).map_or("GET", |(_, _, methods)| methods.as_str())
+}
+
+/// Answers API requests 503 at once while the database is known to be unreachable,
+/// rather than letting each wait for a connection until the pool gives up.
+async fn refuse_while_database_down<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let down = req.uri().path().starts_with("/api/")
+        && req
+            .data::<State>()
+            .is_some_and(|state| state.svc.db.is_down());
+    if down {
+        let refused = crate::Error::Unavailable("the database is unreachable");
+        return Ok(error::ApiError::from(refused).into_response());
+    }
+    next.call(req).await.map(IntoResponse::into_response)
 }
 
 /// Refuses oversized bodies up front, tags the request with an id (the client's

@@ -54,7 +54,7 @@ impl OpsApi {
     /// Readiness: 200 when the database answers, 503 when not
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self, state: Data<&State>) -> ReadyResponse {
-        if state.svc.db.ping().await {
+        if !state.svc.db.is_down() && state.svc.db.ping().await {
             ReadyResponse::Ready(PlainText("ready"))
         } else {
             ReadyResponse::NotReady(PlainText("database unavailable"))

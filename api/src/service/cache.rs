@@ -161,6 +161,11 @@ impl ProductCache {
         }
     }
 
+    /// A guard that invalidates product `id` when dropped; see [`InvalidateOnDrop`].
+    pub fn invalidate_on_drop(&self, id: i64) -> InvalidateOnDrop<'_> {
+        InvalidateOnDrop { cache: self, id }
+    }
+
     /// Forgets product `id`; reads that started earlier will not store their value.
     pub fn invalidate(&self, id: i64) {
         let mut inner = self.inner.lock().expect("cache lock poisoned");
@@ -177,6 +182,23 @@ impl ProductCache {
                 value: None,
             },
         );
+    }
+}
+
+/// Invalidates its product when dropped. Taken just before the commit of a change to the
+/// product, it invalidates once the commit is done, and also when the caller's future is
+/// dropped while the commit is under way (a client that went away): the invalidation
+/// never depends on the request living on. Invalidating after a commit that failed is
+/// harmless.
+#[must_use = "the product is invalidated when this is dropped"]
+pub struct InvalidateOnDrop<'a> {
+    cache: &'a ProductCache,
+    id: i64,
+}
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.cache.invalidate(self.id);
     }
 }
 
@@ -280,6 +302,27 @@ mod tests {
         cache.note_short(cache.ticket(1), 2, Instant::now(), Duration::from_secs(5));
         assert_eq!(cache.known_short(1, 2), None, "2 units may still be free");
         assert_eq!(cache.known_short(1, 3), Some(2));
+    }
+
+    #[test]
+    fn a_commit_whose_future_is_dropped_still_invalidates() {
+        let cache = ProductCache::default();
+        let ticket = cache.get(1).unwrap_err();
+        cache.put(ticket, Some(view(7)), Instant::now());
+        let commit = async {
+            let _invalidate = cache.invalidate_on_drop(1);
+            std::future::pending::<()>().await;
+        };
+        // Polled once (the commit is under way), then dropped like a request whose client
+        // went away.
+        let mut commit = Box::pin(commit);
+        let waker = std::task::Waker::noop();
+        let _ = commit
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        assert!(cache.get(1).is_ok(), "not yet invalidated");
+        drop(commit);
+        assert!(cache.get(1).is_err(), "invalidated when dropped");
     }
 
     #[test]

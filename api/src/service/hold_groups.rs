@@ -17,25 +17,22 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
 };
 
-use entity::{
-    hold::{self, HoldStatus},
-    product,
-};
-use sea_orm::{
-    ActiveEnum, DbBackend, EntityTrait, FromQueryResult, QuerySelect, Statement,
-    sea_query::LockType,
-};
+use entity::hold::{self, HoldStatus};
+use sea_orm::{ActiveEnum, DbBackend, FromQueryResult, Statement};
 use tokio::sync::oneshot;
 
 use super::{
     Service,
     holds::{HoldView, take_stock},
     now_ms,
-    products::reclaim_overdue_holds,
+    products::{lock_product, reclaim_overdue_holds},
 };
 use crate::{Error, Result, metrics::metrics};
 
@@ -43,20 +40,29 @@ use crate::{Error, Result, metrics::metrics};
 /// long one transaction holds the product row.
 pub const MAX_GROUP: usize = 512;
 
-/// Longest a request waits for its group's answer, like a wait for a pool connection.
-pub const MAX_WAIT: Duration = Duration::from_secs(10);
+/// Most requests one product may have waiting for a place in a group. While the product
+/// is stuck (its row held by another transaction), requests beyond this are refused at
+/// once, so the queue's memory stays bounded whatever the crowd.
+pub const MAX_QUEUED: usize = 8 * MAX_GROUP;
 
 /// A request waiting to join its product's next group.
 struct Waiting {
+    /// Identifies the request in its queue, so that it can leave it.
+    id: u64,
     qty: i64,
     reply: oneshot::Sender<Result<HoldView>>,
 }
+
+/// The product's queue is full.
+#[derive(Debug, PartialEq, Eq)]
+struct QueueFull;
 
 /// The requests waiting per product. A product has an entry exactly while its leader task
 /// runs.
 #[derive(Default)]
 pub struct HoldGroups {
     waiting: Mutex<HashMap<i64, Vec<Waiting>>>,
+    next_id: AtomicU64,
 }
 
 impl HoldGroups {
@@ -66,19 +72,46 @@ impl HoldGroups {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a request. `true`: no leader runs for this product, the caller must start one.
-    fn enqueue(&self, product_id: i64, waiting: Waiting) -> bool {
+    /// Queues a request for `qty` units; returns its id, and `true` when no leader runs for
+    /// this product (the caller must start one).
+    fn enqueue(
+        &self,
+        product_id: i64,
+        qty: i64,
+        reply: oneshot::Sender<Result<HoldView>>,
+    ) -> Result<(u64, bool), QueueFull> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let waiting = Waiting { id, qty, reply };
         let mut map = self.lock();
         match map.entry(product_id) {
             Entry::Occupied(mut e) => {
-                e.get_mut().push(waiting);
-                false
+                let queue = e.get_mut();
+                if queue.len() >= MAX_QUEUED {
+                    queue.retain(|w| !w.reply.is_closed());
+                    if queue.len() >= MAX_QUEUED {
+                        return Err(QueueFull);
+                    }
+                }
+                queue.push(waiting);
+                Ok((id, false))
             }
             Entry::Vacant(e) => {
                 e.insert(vec![waiting]);
-                true
+                Ok((id, true))
             }
         }
+    }
+
+    /// Takes request `id` out of its product's queue. `false`: it is no longer queued, so
+    /// it is part of a group whose transaction has begun or is about to.
+    fn withdraw(&self, product_id: i64, id: u64) -> bool {
+        let mut map = self.lock();
+        let Some(queue) = map.get_mut(&product_id) else {
+            return false;
+        };
+        let before = queue.len();
+        queue.retain(|w| w.id != id);
+        queue.len() < before
     }
 
     /// The next group, oldest first; `None` when nobody waits, in which case the leader's
@@ -121,26 +154,42 @@ type Decisions = Vec<Result<HoldView>>;
 
 impl Service {
     /// Reserves `qty` units of `product_id` as part of the product's next group.
+    ///
+    /// A request waits for a place in a group at most `DB_WAIT_SECS`; then it leaves the
+    /// queue and is answered 503, having reserved nothing. Once its group's transaction has
+    /// begun, the transaction's outcome is its answer, whatever it takes: answering 503
+    /// while the transaction may still commit would leave a hold nobody knows of. The
+    /// transaction's own waits (for a connection, a lock, SQLite's write lock) are bounded
+    /// by the same setting, and it rolls back when one runs out.
     pub(super) async fn reserve_in_group(&self, product_id: i64, qty: i64) -> Result<HoldView> {
-        let (reply, answer) = oneshot::channel();
-        if self.hold_groups.enqueue(product_id, Waiting { qty, reply }) {
+        let (reply, mut answer) = oneshot::channel();
+        let (id, lead) = self
+            .hold_groups
+            .enqueue(product_id, qty, reply)
+            .map_err(|QueueFull| {
+                Error::Unavailable("too many hold requests wait for this product")
+            })?;
+        if lead {
             let svc = self.clone();
             // A task of its own: a client that disconnects must not cancel a group's
             // transaction half way.
             tokio::spawn(async move { svc.lead_groups(product_id).await });
         }
-        match tokio::time::timeout(MAX_WAIT, answer).await {
-            Ok(Ok(decision)) => decision,
-            // The leader stopped (a failed assertion, logged by the panic hook).
-            Ok(Err(_)) => Err(Error::Database(sea_orm::DbErr::Custom(format!(
+        let decided = match tokio::time::timeout(self.db.wait(), &mut answer).await {
+            Ok(decided) => decided,
+            Err(_) if self.hold_groups.withdraw(product_id, id) => {
+                return Err(Error::Unavailable(
+                    "the product's hold queue did not move in time",
+                ));
+            }
+            Err(_) => answer.await,
+        };
+        // Err: the leader stopped (a failed assertion, logged by the panic hook).
+        decided.unwrap_or_else(|_| {
+            Err(Error::Database(sea_orm::DbErr::Custom(format!(
                 "the hold group of product {product_id} failed"
-            )))),
-            // The product row is held elsewhere (a stuck transaction): answer 503 rather than
-            // queue forever. The request leaves the queue, or its hold expires unused.
-            Err(_) => Err(Error::Database(sea_orm::DbErr::ConnectionAcquire(
-                sea_orm::error::ConnAcquireErr::Timeout,
-            ))),
-        }
+            ))))
+        })
     }
 
     /// Reserves groups for `product_id` until nobody waits.
@@ -192,11 +241,7 @@ impl Service {
         if !take_stock(&*txn, product_id, total).await? {
             // Both clocks read before the locked read: the evidence is at least this fresh.
             let (read_at, read_at_ms) = (Instant::now(), now_ms());
-            let Some(p) = product::Entity::find_by_id(product_id)
-                .lock(LockType::NoKeyUpdate)
-                .one(&*txn)
-                .await?
-            else {
+            let Some(p) = lock_product(&*txn, product_id).await? else {
                 txn.rollback().await?;
                 return Ok(qtys
                     .iter()
@@ -254,8 +299,7 @@ impl Service {
             granted.len(),
             "one hold per granted request"
         );
-        txn.commit().await?;
-        self.cache.invalidate(product_id);
+        self.commit_changing(txn, Some(product_id)).await?;
         // The new holds differ only in quantity, so any hold of the right quantity is the
         // caller's own; the order RETURNING lists them in does not matter.
         let decisions: Decisions = qtys
@@ -291,25 +335,21 @@ fn insufficient(product_id: i64, requested: i64, available: i64) -> Error {
     }
 }
 
-/// One database error, handed to each of `n` waiters: the first gets the original, the
-/// others an equivalent that keeps its meaning (unreachable database or not).
+/// One failure of a group's transaction (rolled back), handed to each of its `n`
+/// requests: the first gets the original, the others an equivalent that keeps its
+/// meaning (retry later, or an internal error).
 fn share_error(e: Error, n: usize) -> Decisions {
-    let db = match e {
-        Error::Database(db) => db,
-        // Not expected: the group transaction fails only with database errors.
-        other => sea_orm::DbErr::Custom(other.to_string()),
+    tracing::warn!(error = %e, details = ?e, requests = n, "hold group failed");
+    let unavailable = match &e {
+        Error::Database(db) => crate::error::database_unavailable(db),
+        other => matches!(other, Error::Unavailable(_)),
     };
-    tracing::error!(error = %db, details = ?db, "hold group failed");
-    let copy = || {
-        let message = db.to_string();
-        Error::Database(if crate::error::database_unreachable(&db) {
-            sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(message))
-        } else {
-            sea_orm::DbErr::Custom(message)
-        })
+    let copy = || match unavailable {
+        true => Error::Unavailable("the database did not serve this product's holds in time"),
+        false => Error::Database(sea_orm::DbErr::Custom(e.to_string())),
     };
     let mut decisions: Decisions = (1..n).map(|_| Err(copy())).collect();
-    decisions.insert(0, Err(Error::Database(db)));
+    decisions.insert(0, Err(e));
     decisions
 }
 
@@ -353,5 +393,53 @@ fn insert_holds(
                 qtys.into(),
             ],
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(groups: &HoldGroups, qty: i64) -> (u64, bool, oneshot::Receiver<Result<HoldView>>) {
+        let (reply, answer) = oneshot::channel();
+        let (id, lead) = groups.enqueue(1, qty, reply).expect("room in the queue");
+        (id, lead, answer)
+    }
+
+    #[test]
+    fn a_request_that_gives_up_before_its_group_leaves_the_queue() {
+        let groups = HoldGroups::default();
+        let (first, lead, _a) = request(&groups, 1);
+        let (_, second_leads, _b) = request(&groups, 2);
+        assert!(lead && !second_leads, "the first request starts the leader");
+        assert!(groups.withdraw(1, first));
+        let group = groups.next_group(1).expect("one request left");
+        assert_eq!(group.iter().map(|w| w.qty).collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn a_request_already_in_a_group_cannot_leave_it() {
+        let groups = HoldGroups::default();
+        let (id, _, _answer) = request(&groups, 1);
+        let group = groups.next_group(1).expect("the request");
+        assert_eq!(group.len(), 1);
+        assert!(
+            !groups.withdraw(1, id),
+            "its transaction decides its answer"
+        );
+    }
+
+    #[test]
+    fn the_queue_of_one_product_is_bounded() {
+        let groups = HoldGroups::default();
+        let answers: Vec<_> = (0..MAX_QUEUED).map(|_| request(&groups, 1).2).collect();
+        let (reply, _answer) = oneshot::channel();
+        assert_eq!(groups.enqueue(1, 1, reply).unwrap_err(), QueueFull);
+        drop(answers);
+        let (reply, _answer) = oneshot::channel();
+        assert!(
+            groups.enqueue(1, 1, reply).is_ok(),
+            "requests whose callers left make room"
+        );
     }
 }

@@ -8,11 +8,14 @@ use entity::{
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
-    sea_query::{Expr, ExprTrait, LockType},
+    sea_query::{Expr, ExprTrait},
 };
 
 use super::{
-    Service, cache::Ticket, is_unique_violation, now_ms, products::reclaim_overdue_holds,
+    Service,
+    cache::Ticket,
+    is_unique_violation, now_ms,
+    products::{lock_product, reclaim_overdue_holds},
     request_hash, validate_idempotency_key,
 };
 use crate::{Error, Result, db::WriteTxn, metrics::metrics};
@@ -100,9 +103,23 @@ impl Service {
             metrics().replays.with_label_values(&["hold"]).inc();
             return Ok((replay, true));
         }
-        let result = match &hash {
-            Some(hash) => self.reserve(&req, Some(hash)).await,
-            None => self.reserve_unkeyed(&req).await,
+        // Refusing from this process's fresh evidence that the product is sold out does not
+        // queue behind the row lock. A keyed request has looked its key up first, so a
+        // retry of a request that got the last units still finds its replay.
+        let result = if let Some(available) = self.cache.known_short(req.product_id, req.qty) {
+            Err(Error::InsufficientStock {
+                product_id: req.product_id,
+                requested: req.qty,
+                available,
+            })
+        } else {
+            match &hash {
+                Some(hash) => self.reserve(&req, Some(hash)).await,
+                None => self
+                    .reserve_in_group(req.product_id, req.qty)
+                    .await
+                    .map(|hold| (hold, false)),
+            }
         };
         let m = metrics();
         match &result {
@@ -126,22 +143,6 @@ impl Service {
         }
     }
 
-    /// A request without a key: refused from memory when this process has fresh evidence
-    /// that the product is sold out, else reserved with its product's next group.
-    async fn reserve_unkeyed(&self, req: &NewHold) -> Result<(HoldView, bool)> {
-        // Refusing here does not queue behind the row lock. Keyed requests always go to the
-        // database, where a retry finds its replay.
-        if let Some(available) = self.cache.known_short(req.product_id, req.qty) {
-            return Err(Error::InsufficientStock {
-                product_id: req.product_id,
-                requested: req.qty,
-                available,
-            });
-        }
-        let hold = self.reserve_in_group(req.product_id, req.qty).await?;
-        Ok((hold, false))
-    }
-
     /// The single-hold reservation transaction, for keyed requests: take the units from
     /// `available` with one conditional UPDATE (which also locks the product row on
     /// PostgreSQL), and only when that finds too little, lock the row, reclaim overdue
@@ -152,11 +153,7 @@ impl Service {
         if !take_stock(&*txn, req.product_id, req.qty).await? {
             // Both clocks read before the locked read: the evidence is at least this fresh.
             let (read_at, read_at_ms) = (Instant::now(), now_ms());
-            let Some(p) = product::Entity::find_by_id(req.product_id)
-                .lock(LockType::NoKeyUpdate)
-                .one(&*txn)
-                .await?
-            else {
+            let Some(p) = lock_product(&*txn, req.product_id).await? else {
                 txn.rollback().await?;
                 return Err(Error::ProductNotFound(req.product_id));
             };
@@ -200,8 +197,7 @@ impl Service {
         }
         .insert(&*txn)
         .await?;
-        txn.commit().await?;
-        self.cache.invalidate(req.product_id);
+        self.commit_changing(txn, Some(req.product_id)).await?;
         self.jobs
             .expire_holds(&self.db, vec![hold.id], hold.expires_at_ms)
             .await;
@@ -227,9 +223,7 @@ impl Service {
         (read_at, read_at_ms): (Instant, i64),
     ) -> Result<()> {
         if reclaimed > 0 {
-            txn.commit().await?;
-            self.cache.invalidate(p.id);
-            return Ok(());
+            return self.commit_changing(txn, Some(p.id)).await;
         }
         let next_expiry = next_expiry_ms(&*txn, p.id).await?;
         txn.rollback().await?;

@@ -71,26 +71,36 @@ impl Service {
         hold_id: i64,
         needs_product: impl Fn(&entity::hold::Model) -> bool,
     ) -> crate::Result<Option<(crate::db::WriteTxn, entity::hold::Model, bool)>> {
-        use entity::{hold, product};
+        use entity::hold;
         use sea_orm::{EntityTrait, QuerySelect, sea_query::LockType};
         // A hold's product never changes, so it can be read before the locks.
         let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
             return Ok(None);
         };
-        let lock_product = needs_product(&h);
+        let product_locked = needs_product(&h);
         let txn = self.db.begin_write().await?;
-        if lock_product {
-            product::Entity::find_by_id(h.product_id)
-                .lock(LockType::NoKeyUpdate)
-                .one(&*txn)
-                .await?;
+        if product_locked {
+            products::lock_product(&*txn, h.product_id).await?;
         }
         let h = hold::Entity::find_by_id(hold_id)
             .lock(LockType::NoKeyUpdate)
             .one(&*txn)
             .await?
             .expect("holds are never deleted");
-        Ok(Some((txn, h, lock_product)))
+        Ok(Some((txn, h, product_locked)))
+    }
+
+    /// Commits `txn`. `changed`: the product whose public view it changed (stock, or a
+    /// hold that counts as free or not), whose cached answer is invalidated after the
+    /// commit, even when this future is dropped half way.
+    async fn commit_changing(
+        &self,
+        txn: crate::db::WriteTxn,
+        changed: Option<i64>,
+    ) -> crate::Result<()> {
+        let _invalidate = changed.map(|id| self.cache.invalidate_on_drop(id));
+        txn.commit().await?;
+        Ok(())
     }
 
     fn order_payment_ttl_ms(&self) -> i64 {

@@ -115,7 +115,9 @@ impl Service {
             .one(&*txn)
             .await?
             .is_some();
-        txn.commit().await?;
+        // The hold's units were counted as free by reads made once it was due: a read
+        // between that instant and this commit may have cached them so.
+        self.commit_changing(txn, Some(h.product_id)).await?;
         if early_payment {
             self.jobs.check_pending_webhook(&self.db, h.id).await;
         }

@@ -142,6 +142,7 @@ impl Service {
             .one(&*txn)
             .await?;
         let mut stock_released = false;
+        let mut view_changed = false;
         let (http_status, outcome, order_id, shown_status) = match existing_order {
             Some(o) => {
                 let mut candidates = unapplied_payments(&*txn, h.id).await?;
@@ -191,6 +192,9 @@ impl Service {
                 } else {
                     if event.status == PaymentStatus::Paid {
                         pin_paid_hold(&*txn, h.id, now).await?;
+                        // A pinned hold never becomes free, but a read after its expiry
+                        // and before this commit counted it so.
+                        view_changed = true;
                     }
                     (202, None, None, event.status.to_value())
                 }
@@ -217,10 +221,11 @@ impl Service {
         }
         .insert(&*txn)
         .await?;
-        txn.commit().await?;
-        if stock_released {
-            self.cache.invalidate(h.product_id);
-        }
+        self.commit_changing(
+            txn,
+            (stock_released || view_changed).then_some(h.product_id),
+        )
+        .await?;
         let m = metrics();
         m.webhooks.with_label_values(&[body.state.as_str()]).inc();
         if outcome == Some(PaymentOutcome::RefundRequired) {

@@ -246,3 +246,18 @@ pub async fn release_stock(conn: &impl ConnectionTrait, product_id: i64, units: 
     assert_eq!(res.rows_affected, 1, "product {product_id} vanished");
     Ok(())
 }
+
+/// Locks product `id`'s row (NO KEY UPDATE: foreign-key checks of concurrent inserts
+/// take KEY SHARE, which FOR UPDATE would block) and returns it; `None`: no such product.
+/// Every transaction that locks a product takes this lock first (the global lock order:
+/// product, hold, order). On SQLite the transaction's write lock already covers it.
+pub(super) async fn lock_product(
+    conn: &impl ConnectionTrait,
+    id: i64,
+) -> Result<Option<product::Model>> {
+    use sea_orm::{QuerySelect, sea_query::LockType};
+    Ok(product::Entity::find_by_id(id)
+        .lock(LockType::NoKeyUpdate)
+        .one(conn)
+        .await?)
+}

@@ -7,7 +7,6 @@ use entity::{
     hold::{self, HoldStatus},
     order::{self, OrderStatus},
     payment::{self, PaymentOutcome, PaymentStatus},
-    product,
 };
 use sea_orm::{
     ActiveEnum, ColumnTrait, Condition, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
@@ -20,7 +19,7 @@ use super::{
     holds::is_overdue,
     now_ms,
     payments::{Candidate, expire_hold, finish_order, record_outcomes, settle, unapplied_payments},
-    products::{reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
+    products::{lock_product, reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
 };
 use crate::Result;
 
@@ -84,19 +83,16 @@ impl Service {
         let mut expired_units = 0;
         for product_id in products {
             let txn = self.db.begin_write().await?;
-            product::Entity::find_by_id(product_id)
-                .lock(LockType::NoKeyUpdate)
-                .one(&*txn)
-                .await?;
+            lock_product(&*txn, product_id).await?;
             let ids: Vec<i64> = holds
                 .iter()
                 .filter(|h| h.product_id == product_id)
                 .map(|h| h.id)
                 .collect();
             let units = reclaim_overdue_holds_among(&*txn, product_id, &ids, now_ms()).await?;
-            txn.commit().await?;
+            self.commit_changing(txn, (units > 0).then_some(product_id))
+                .await?;
             if units > 0 {
-                self.cache.invalidate(product_id);
                 tracing::info!(product_id, units, "holds expired");
             }
             expired_units += units;
@@ -166,10 +162,8 @@ impl Service {
                 return Ok(0);
             }
         }
-        txn.commit().await?;
-        if stock_released {
-            self.cache.invalidate(h.product_id);
-        }
+        self.commit_changing(txn, stock_released.then_some(h.product_id))
+            .await?;
         Ok(candidates.len())
     }
 
@@ -183,10 +177,7 @@ impl Service {
             return Ok(false);
         };
         let txn = self.db.begin_write().await?;
-        product::Entity::find_by_id(o.product_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?;
+        lock_product(&*txn, o.product_id).await?;
         hold::Entity::find_by_id(o.hold_id)
             .lock(LockType::NoKeyUpdate)
             .one(&*txn)
@@ -212,9 +203,9 @@ impl Service {
             record_outcomes(&*txn, &candidates, &settled.outcomes, Some(o.id), now).await?;
             settled.order_status == OrderStatus::Cancelled
         };
-        txn.commit().await?;
+        self.commit_changing(txn, cancelled.then_some(o.product_id))
+            .await?;
         if cancelled {
-            self.cache.invalidate(o.product_id);
             tracing::info!(order_id, hold_id = o.hold_id, "unpaid order cancelled");
         }
         Ok(cancelled)
@@ -303,39 +294,56 @@ impl Service {
         Ok(report)
     }
 
-    /// Forgets the idempotency keys of holds created longer ago than their retention.
+    /// Forgets the idempotency keys of holds created longer ago than their retention, one
+    /// product at a time under its row lock: the update touches several holds, and a
+    /// transaction that locks a product's holds locks the product first (the global lock
+    /// order), or it could deadlock with a reclaim.
     async fn prune_idempotency_keys(&self, now: i64) -> Result<u64> {
         let key_ttl_ms =
             i64::try_from(self.rules.idempotency_key_ttl_secs).expect("bounded by config") * 1000;
-        let txn = self.db.begin_write().await?;
-        let res = hold::Entity::update_many()
-            .col_expr(
-                hold::Column::IdempotencyKey,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                hold::Column::RequestHash,
-                Expr::value(Option::<String>::None),
-            )
-            .filter(hold::Column::IdempotencyKey.is_not_null())
-            .filter(hold::Column::CreatedAtMs.lte(now - key_ttl_ms))
-            .exec(&*txn)
+        let prunable = Condition::all()
+            .add(hold::Column::IdempotencyKey.is_not_null())
+            .add(hold::Column::CreatedAtMs.lte(now - key_ttl_ms));
+        let products: Vec<i64> = hold::Entity::find()
+            .select_only()
+            .column(hold::Column::ProductId)
+            .distinct()
+            .filter(prunable.clone())
+            .limit(SWEEP_BATCH)
+            .into_tuple()
+            .all(&self.db.conn)
             .await?;
-        txn.commit().await?;
-        Ok(res.rows_affected)
+        let mut pruned = 0;
+        for product_id in products {
+            let txn = self.db.begin_write().await?;
+            lock_product(&*txn, product_id).await?;
+            let res = hold::Entity::update_many()
+                .col_expr(
+                    hold::Column::IdempotencyKey,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(
+                    hold::Column::RequestHash,
+                    Expr::value(Option::<String>::None),
+                )
+                .filter(hold::Column::ProductId.eq(product_id))
+                .filter(prunable.clone())
+                .exec(&*txn)
+                .await?;
+            txn.commit().await?;
+            pruned += res.rows_affected;
+        }
+        Ok(pruned)
     }
 
     /// Expires the overdue holds of one product; returns the units given back.
     async fn reclaim(&self, product_id: i64) -> Result<i64> {
         let txn = self.db.begin_write().await?;
-        product::Entity::find_by_id(product_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?;
+        lock_product(&*txn, product_id).await?;
         let units = reclaim_overdue_holds(&*txn, product_id, now_ms()).await?;
-        txn.commit().await?;
+        self.commit_changing(txn, (units > 0).then_some(product_id))
+            .await?;
         if units > 0 {
-            self.cache.invalidate(product_id);
             tracing::info!(product_id, units, "overdue holds expired");
         }
         Ok(units)

@@ -4,6 +4,7 @@
 mod concurrency;
 mod contract;
 mod expiry;
+mod faults;
 mod spec;
 mod trust;
 mod webhook;

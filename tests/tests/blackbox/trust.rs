@@ -285,7 +285,7 @@ async fn hostile_input_gets_4xx_error_bodies_and_changes_nothing(backend: Backen
 }
 
 async fn idempotency_keys_are_forgotten_after_their_retention(backend: Backend) {
-    let env = [("IDEMPOTENCY_KEY_TTL_SECS", "1")];
+    let env = [("IDEMPOTENCY_KEY_TTL_SECS", "1"), ("HOLD_TTL_SECS", "1")];
     let (db, app) = setup!(backend, &env);
     let product = app.create_product(10, 100).await;
     let first = app.hold_with_key(product, 2, "cart-7").await;
