@@ -51,8 +51,14 @@ impl std::ops::Deref for WriteTxn {
 }
 
 impl WriteTxn {
+    /// Commits. A failure here leaves the outcome unknown (the server may have committed
+    /// just before the connection failed), so it is never reported as "unavailable,
+    /// nothing written": the error is an internal one whatever its cause.
     pub async fn commit(self) -> Result<(), DbErr> {
-        self.txn.commit().await
+        self.txn
+            .commit()
+            .await
+            .map_err(|e| DbErr::Custom(format!("commit failed, outcome unknown: {e}")))
     }
 
     pub async fn rollback(self) -> Result<(), DbErr> {
@@ -196,8 +202,11 @@ impl Db {
         let opts = self.conn.get_postgres_connection_pool().connect_options();
         let mut probe = None;
         loop {
-            let up = probe_once(&opts, &mut probe).await;
-            if self.down.swap(!up, Ordering::Relaxed) == up {
+            // `None`: the probe cannot tell (a slow answer, or no connection slot left while
+            // the pool's own connections may still work); the last verdict stands.
+            if let Some(up) = probe_once(&opts, &mut probe).await
+                && self.down.swap(!up, Ordering::Relaxed) == up
+            {
                 match up {
                     true => tracing::info!("the database answers again"),
                     false => tracing::warn!("the database is unreachable: refusing requests"),
@@ -219,31 +228,46 @@ impl Db {
 /// How often [`Db::watch_reachability`] checks the database.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// One reachability check on the probe connection, (re)connecting it when needed. A
-/// failed query is retried once on a new connection, so a connection the server closed
-/// while idle is not taken for a database that is down.
+/// One reachability check on the probe connection, (re)connecting it when needed.
+/// `Some(false)` only when the database refused or dropped the connection, or said it is
+/// shutting down or starting up; a failed query is retried once on a new connection, so a
+/// connection the server closed while idle is not taken for a database that is down.
 async fn probe_once(
     opts: &sea_orm::sqlx::postgres::PgConnectOptions,
     probe: &mut Option<sea_orm::sqlx::PgConnection>,
-) -> bool {
+) -> Option<bool> {
     use sea_orm::sqlx::{Connection, PgConnection};
     for _ in 0..2 {
         if probe.is_none() {
             let connect = PgConnection::connect_with(opts);
-            *probe = tokio::time::timeout(PROBE_TIMEOUT, connect)
-                .await
-                .ok()
-                .and_then(Result::ok);
+            match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+                Ok(Ok(conn)) => *probe = Some(conn),
+                Ok(Err(e)) => return unreachable(&e).then_some(false),
+                Err(_) => return None,
+            }
         }
-        let Some(conn) = probe.as_mut() else {
-            return false;
-        };
-        if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, conn.ping()).await {
-            return true;
+        let conn = probe.as_mut().expect("connected above");
+        match tokio::time::timeout(PROBE_TIMEOUT, conn.ping()).await {
+            Ok(Ok(())) => return Some(true),
+            Ok(Err(_)) => *probe = None,
+            Err(_) => {
+                *probe = None;
+                return None;
+            }
         }
-        *probe = None;
     }
-    false
+    Some(false)
+}
+
+/// `true` when connecting failed because the database is not there to answer: refused or
+/// dropped, or shutting down or starting up (SQLSTATE class 57P), not merely busy.
+fn unreachable(e: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    match e {
+        Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::Protocol(_) => true,
+        Sqlx::Database(db) => db.code().is_some_and(|c| c.starts_with("57P")),
+        _ => false,
+    }
 }
 
 /// Longest one probe may take before the database counts as unreachable.

@@ -45,6 +45,10 @@ pub const MAX_GROUP: usize = 512;
 /// once, so the queue's memory stays bounded whatever the crowd.
 pub const MAX_QUEUED: usize = 8 * MAX_GROUP;
 
+/// A group's transaction may take this many `DB_WAIT_SECS` in all (each of its waits is
+/// bounded by one) before it is abandoned.
+const GROUP_DEADLINE_WAITS: u32 = 4;
+
 /// A request waiting to join its product's next group.
 struct Waiting {
     /// Identifies the request in its queue, so that it can leave it.
@@ -206,7 +210,21 @@ impl Service {
             };
             let qtys: Vec<i64> = group.iter().map(|w| w.qty).collect();
             metrics().hold_group_size.observe(qtys.len() as f64);
-            let decisions = match self.reserve_group(product_id, &qtys).await {
+            // Each wait inside the transaction is bounded by DB_WAIT_SECS; this bounds a
+            // connection that stops answering altogether (no TCP keepalive in the driver),
+            // so that the product's queue in this process cannot stall for good. Dropping
+            // the future rolls back a transaction whose COMMIT was not sent; after that, the
+            // outcome is unknown and answered as an internal error, never as "retry".
+            let deadline = GROUP_DEADLINE_WAITS * self.db.wait();
+            let reserved = tokio::time::timeout(deadline, self.reserve_group(product_id, &qtys))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Database(sea_orm::DbErr::Custom(format!(
+                        "the hold group of product {product_id} did not end within {deadline:?}; \
+                         its outcome is unknown"
+                    ))))
+                });
+            let decisions = match reserved {
                 Ok(decisions) => decisions,
                 Err(e) => share_error(e, qtys.len()),
             };

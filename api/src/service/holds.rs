@@ -97,16 +97,19 @@ impl Service {
             .idempotency_key
             .as_ref()
             .map(|_| request_hash(&["hold", &req.product_id.to_string(), &req.qty.to_string()]));
+        // This process's fresh evidence that the product is sold out, read before the key
+        // is looked up: the evidence was taken under the row lock after every commit that
+        // took the units it says are gone, so a hold committed with this key before it is
+        // visible to the lookup below, and a retry still finds its replay.
+        let short = self.cache.known_short(req.product_id, req.qty);
         if let (Some(key), Some(hash)) = (&req.idempotency_key, &hash)
             && let Some(replay) = replay(&self.db.conn, key, hash).await?
         {
             metrics().replays.with_label_values(&["hold"]).inc();
             return Ok((replay, true));
         }
-        // Refusing from this process's fresh evidence that the product is sold out does not
-        // queue behind the row lock. A keyed request has looked its key up first, so a
-        // retry of a request that got the last units still finds its replay.
-        let result = if let Some(available) = self.cache.known_short(req.product_id, req.qty) {
+        // Refused from that evidence: no queueing behind the row lock.
+        let result = if let Some(available) = short {
             Err(Error::InsufficientStock {
                 product_id: req.product_id,
                 requested: req.qty,
