@@ -9,6 +9,7 @@ mod orders;
 mod payments;
 mod products;
 pub mod signature;
+pub mod spec;
 
 use std::{sync::Arc, time::Instant};
 
@@ -97,15 +98,8 @@ pub fn openapi() -> OpenApiService<
 
 /// Every route of the server.
 pub fn routes(state: State) -> impl Endpoint<Output = Response> {
-    let api = openapi();
-    let docs = api.swagger_ui();
-    let spec_yaml = api.spec_endpoint_yaml();
-    let spec_json = api.spec_endpoint();
-    Route::new()
-        .nest("/docs", docs)
-        .at("/openapi.yaml", spec_yaml)
-        .at("/openapi.json", spec_json)
-        .nest("/", api)
+    spec::serve(Route::new(), state.svc.rules.max_qty_per_hold)
+        .nest("/", openapi())
         .data(state)
         .catch_all_error(error::catch_all)
         .around(observe)
@@ -223,7 +217,7 @@ mod tests {
     #[test]
     fn committed_openapi_yaml_matches_the_code() {
         let committed = include_str!("../../../openapi.yaml");
-        let generated = super::openapi().spec_yaml();
+        let generated = super::spec::yaml(crate::config::DEFAULT_MAX_QTY_PER_HOLD);
         assert!(
             committed == generated,
             "openapi.yaml is out of date: run `cargo run --bin flashsale-api -- openapi > openapi.yaml`"
