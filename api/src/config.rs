@@ -5,11 +5,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 /// Default database: an SQLite file in the working folder, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://flashsale.db?mode=rwc";
 
+/// Largest quantity one hold may reserve unless `MAX_QTY_PER_HOLD` says otherwise; the
+/// committed `openapi.yaml` states it.
+pub const DEFAULT_MAX_QTY_PER_HOLD: i64 = 10;
+
 /// Where the data lives; shared by the API and the worker.
 #[derive(Args, Clone, Debug)]
 pub struct DatabaseConfig {
     /// Database URL: `sqlite://FILE?mode=rwc` (embedded) or `postgres://…` (production).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    /// Its value is never shown by `--help`: it may hold a password.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
 
     /// Most connections this process opens to the database.
@@ -40,7 +45,7 @@ pub struct RulesConfig {
     pub idempotency_key_ttl_secs: u64,
 
     /// Largest quantity one hold may reserve.
-    #[arg(long, env = "MAX_QTY_PER_HOLD", default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    #[arg(long, env = "MAX_QTY_PER_HOLD", default_value_t = DEFAULT_MAX_QTY_PER_HOLD, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub max_qty_per_hold: i64,
 }
 

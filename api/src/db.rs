@@ -10,8 +10,8 @@ use std::{
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, IsolationLevel, SqliteTransactionMode, TransactionOptions, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -106,12 +106,21 @@ impl Db {
     pub async fn migrate(&self) -> Result<(), DbErr> {
         match self.backend() {
             DbBackend::Postgres => {
-                use sea_orm::sqlx;
+                use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
+                // The lock is held on a connection of its own, outside the pool: the
+                // migrations need pool connections meanwhile, and a pool of one would wait
+                // for the lock's connection for ever.
                 let pool = self.conn.get_postgres_connection_pool();
-                let mut lock_conn = pool.acquire().await.map_err(sqlx_err)?;
+                let mut lock_conn = pool.connect_options().connect().await.map_err(sqlx_err)?;
+                // Another process's migrations may take longer than a request's lock wait:
+                // this connection, and only it, waits for the lock as long as they take.
+                sqlx::query("SET lock_timeout = 0")
+                    .execute(&mut lock_conn)
+                    .await
+                    .map_err(sqlx_err)?;
                 sqlx::query("SELECT pg_advisory_lock($1)")
                     .bind(MIGRATION_LOCK_KEY)
-                    .execute(&mut *lock_conn)
+                    .execute(&mut lock_conn)
                     .await
                     .map_err(sqlx_err)?;
                 let result = match Migrator::up(&self.conn, None).await {
@@ -120,9 +129,10 @@ impl Db {
                 };
                 sqlx::query("SELECT pg_advisory_unlock($1)")
                     .bind(MIGRATION_LOCK_KEY)
-                    .execute(&mut *lock_conn)
+                    .execute(&mut lock_conn)
                     .await
                     .map_err(sqlx_err)?;
+                lock_conn.close().await.map_err(sqlx_err)?;
                 result
             }
             _ => {
@@ -214,6 +224,22 @@ impl Db {
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
+    }
+
+    /// Begins a read-only transaction whose reads all see one snapshot, so that two reads
+    /// (a product and its overdue holds) agree. PostgreSQL needs REPEATABLE READ for that;
+    /// an SQLite transaction is one snapshot already and takes neither an isolation level
+    /// nor an access mode (sea-orm logs a warning for each one asked).
+    pub async fn begin_snapshot(&self) -> Result<DatabaseTransaction, DbErr> {
+        let options = match self.backend() {
+            DbBackend::Postgres => TransactionOptions {
+                isolation_level: Some(IsolationLevel::RepeatableRead),
+                access_mode: Some(AccessMode::ReadOnly),
+                sqlite_transaction_mode: None,
+            },
+            _ => TransactionOptions::default(),
+        };
+        self.conn.begin_with_options(options).await
     }
 
     /// `true` when the database answers a trivial query.

@@ -14,6 +14,8 @@ pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
+
 use poem::{
     Server,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
@@ -34,8 +36,13 @@ pub struct App {
 }
 
 impl App {
-    /// Connects, migrates, seeds the demo product if asked, and binds (port 0 works).
+    /// Binds (port 0 works), then connects, migrates and seeds the demo product if asked:
+    /// a port that is taken stops the start before the database is touched.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let acceptor = TcpListener::bind(config.bind.as_str())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {} (BIND / --bind)", config.bind))?;
         let db = Db::connect(&config.database).await?;
         db.migrate().await?;
         tokio::spawn({
@@ -53,9 +60,6 @@ impl App {
             config.admin_token.as_deref(),
             config.webhook_secrets(),
         ));
-        let acceptor = TcpListener::bind(config.bind.as_str())
-            .into_acceptor()
-            .await?;
         let local_addr = acceptor
             .local_addr()
             .first()

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     if matches!(config.command, Some(ApiCommand::Openapi)) {
-        print!("{}", api::http::openapi().spec_yaml());
+        print!("{}", api::http::spec::yaml(config.rules.max_qty_per_hold));
         return Ok(());
     }
     api::config::init_tracing(config.log_format);
@@ -22,7 +22,14 @@ async fn main() -> anyhow::Result<()> {
     if config.webhook_secrets().is_empty() {
         tracing::warn!("WEBHOOK_SECRET is not set: payment webhooks are accepted unsigned");
     }
-    let app = App::build(&config).await?;
+    let app = match App::build(&config).await {
+        Ok(app) => app,
+        // One line naming the cause, not a backtrace: this is the operator's mistake to fix.
+        Err(e) => {
+            eprintln!("flashsale-api: {e:#}");
+            std::process::exit(1);
+        }
+    };
     tracing::info!(addr = %app.local_addr(), "flashsale-api listening");
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = config.with_worker.then(|| {

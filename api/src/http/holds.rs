@@ -61,8 +61,8 @@ impl From<HoldView> for Hold {
 #[oai(example)]
 pub struct CreateHold {
     pub product_id: i64,
-    /// 1 to `MAX_QTY_PER_HOLD` (10 by default; the server's setting, at most 1,000,000).
-    #[oai(validator(minimum(value = "1"), maximum(value = "1000000")))]
+    /// 1 to `MAX_QTY_PER_HOLD`, the server's setting (10 by default): `maximum` states it.
+    #[oai(validator(minimum(value = "1"), maximum(value = "10")))]
     pub qty: i64,
 }
 

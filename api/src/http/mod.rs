@@ -9,6 +9,7 @@ mod orders;
 mod payments;
 mod products;
 pub mod signature;
+pub mod spec;
 
 use std::{sync::Arc, time::Instant};
 
@@ -97,15 +98,8 @@ pub fn openapi() -> OpenApiService<
 
 /// Every route of the server.
 pub fn routes(state: State) -> impl Endpoint<Output = Response> {
-    let api = openapi();
-    let docs = api.swagger_ui();
-    let spec_yaml = api.spec_endpoint_yaml();
-    let spec_json = api.spec_endpoint();
-    Route::new()
-        .nest("/docs", docs)
-        .at("/openapi.yaml", spec_yaml)
-        .at("/openapi.json", spec_json)
-        .nest("/", api)
+    spec::serve(Route::new(), state.svc.rules.max_qty_per_hold)
+        .nest("/", openapi())
         .around(refuse_while_database_down)
         .data(state)
         .catch_all_error(error::catch_all)
@@ -167,7 +161,55 @@ async fn refuse_while_database_down<E: Endpoint>(next: E, req: Request) -> poem:
     next.call(req).await.map(IntoResponse::into_response)
 }
 
-/// Refuses oversized bodies up front, tags the request with an id (the client's
+/// Longest request target (path and query) served, in bytes; longer gets 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Most bytes of header names and values served; more gets 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The methods counted under their own name in metrics; any other is counted as `OTHER`,
+/// so made-up methods cannot add label values.
+const LABELLED_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+fn method_label(method: &poem::http::Method) -> &'static str {
+    LABELLED_METHODS
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("OTHER")
+}
+
+/// The answer to a request refused on its size alone, before it is routed. (The HTTP
+/// stack refuses still larger requests, and bad framing, itself: see SECURITY.md.)
+fn refuse_by_size(req: &Request) -> Option<Response> {
+    use poem::http::StatusCode;
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > MAX_URI_BYTES {
+        return Some(error::error_response(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target exceeds {MAX_URI_BYTES} bytes"),
+        ));
+    }
+    let header_len: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_len > MAX_HEADER_BYTES {
+        return Some(error::error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers exceed {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    let too_large = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| len > body::MAX_BODY_BYTES);
+    too_large.then(|| error::ApiError::payload_too_large().into_response())
+}
+
+/// Refuses oversized requests up front, tags the request with an id (the client's
 /// `X-Request-Id` when it is sane), and logs one line when it is answered.
 async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let request_id = req
@@ -175,21 +217,19 @@ async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Bounded, so that a long target does not end up whole in the log line either.
+    let path: String = req.uri().path().chars().take(256).collect();
     let span = tracing::info_span!("request", request_id = %request_id);
     let started = Instant::now();
-    let too_large = req
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|len| len > body::MAX_BODY_BYTES);
+    let refused = refuse_by_size(&req);
     // A key that is not text would look absent to the typed header: refuse it here, or a
     // retry carrying it would reserve twice.
     let bad_key = req
         .headers()
         .get("idempotency-key")
         .is_some_and(|v| v.to_str().is_err());
-    let mut resp = if too_large {
-        error::ApiError::payload_too_large().into_response()
+    let mut resp = if let Some(refused) = refused {
+        refused
     } else if bad_key {
         error::ApiError::from(crate::Error::validation(
             "Idempotency-Key",
@@ -213,7 +253,7 @@ async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     }
     let route = route_of(&path).map_or("other", |(template, _, _)| template.as_str());
     let status = resp.status().as_u16().to_string();
-    let labels = [route, method.as_str(), status.as_str()];
+    let labels = [route, method_label(&method), status.as_str()];
     let m = crate::metrics::metrics();
     m.http_requests.with_label_values(&labels).inc();
     m.http_latency
@@ -238,7 +278,7 @@ mod tests {
     #[test]
     fn committed_openapi_yaml_matches_the_code() {
         let committed = include_str!("../../../openapi.yaml");
-        let generated = super::openapi().spec_yaml();
+        let generated = super::spec::yaml(crate::config::DEFAULT_MAX_QTY_PER_HOLD);
         assert!(
             committed == generated,
             "openapi.yaml is out of date: run `cargo run --bin flashsale-api -- openapi > openapi.yaml`"

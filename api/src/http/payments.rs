@@ -52,6 +52,8 @@ fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
 pub struct WebhookAnswer {
     pub idempotency_key: String,
     pub hold_id: i64,
+    /// The order paid for; `null` while the payment awaits its order (202).
+    #[oai(nullable)]
     pub order_id: Option<i64>,
     /// The payment's status (`paid`, `failed`); for `ignored`, the order's current status.
     pub status: String,

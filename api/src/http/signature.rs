@@ -1,21 +1,39 @@
 //! Webhook signatures: `X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+//!
+//! The header is unauthenticated input, so the work it can cause is bounded before any
+//! hashing: at most [`MAX_HEADER_BYTES`] and [`MAX_SIGNATURES`] `v1=` values, and one MAC
+//! per configured secret whatever the number of values (each value is compared to it in
+//! constant time).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::Error;
 
 /// Largest distance between `t` and now that is accepted, in seconds.
 pub const TOLERANCE_SECS: i64 = 300;
 
-/// Verifies `header` over `body` against any of `secrets` at time `now_secs`.
-pub fn verify(
-    secrets: &[String],
-    header: Option<&str>,
-    body: &[u8],
-    now_secs: i64,
-) -> Result<(), Error> {
+/// Longest `X-Signature` accepted, in bytes: room for [`MAX_SIGNATURES`] values and more.
+pub const MAX_HEADER_BYTES: usize = 1024;
+
+/// Most `v1=` values one header may carry (a sender rotating secrets sends one per secret).
+pub const MAX_SIGNATURES: usize = 8;
+
+/// A parsed header: the timestamp as sent and the decoded candidate signatures.
+struct Parsed<'a> {
+    t_text: &'a str,
+    signatures: Vec<Vec<u8>>,
+}
+
+/// Checks the header's shape and bounds; no hashing happens here.
+fn parse(header: Option<&str>, now_secs: i64) -> Result<Parsed<'_>, Error> {
     let header = header.ok_or(Error::InvalidSignature("missing X-Signature header"))?;
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(Error::InvalidSignature(
+            "X-Signature is longer than 1024 bytes",
+        ));
+    }
     let mut timestamp = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
@@ -24,6 +42,11 @@ pub fn verify(
             Some(("v1", v)) => candidates.push(v),
             _ => {}
         }
+    }
+    if candidates.len() > MAX_SIGNATURES {
+        return Err(Error::InvalidSignature(
+            "X-Signature carries more than 8 v1= values",
+        ));
     }
     let t_text = timestamp.ok_or(Error::InvalidSignature("malformed X-Signature: no t="))?;
     let t: i64 = t_text
@@ -43,20 +66,51 @@ pub fn verify(
             "malformed X-Signature: no valid v1=",
         ));
     }
+    Ok(Parsed { t_text, signatures })
+}
+
+/// The MAC of `"<t>.<body>"` under `secret`.
+fn mac(secret: &str, t_text: &str, body: &[u8]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(t_text.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().into()
+}
+
+/// Whether any signature matches any secret, and how many MACs that took (one per secret
+/// at most: the count is what bounds the CPU a forged request can cost).
+fn matches(secrets: &[String], parsed: &Parsed<'_>, body: &[u8]) -> (bool, usize) {
+    let mut computed = 0;
     for secret in secrets {
-        for signature in &signatures {
-            let mut mac =
-                Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-            mac.update(t_text.as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            // verify_slice compares in constant time.
-            if mac.verify_slice(signature).is_ok() {
-                return Ok(());
-            }
+        let expected = mac(secret, parsed.t_text, body);
+        computed += 1;
+        // Every value is compared, so the time does not tell which one matched.
+        let found = parsed
+            .signatures
+            .iter()
+            .fold(subtle::Choice::from(0), |any, s| {
+                any | expected.as_slice().ct_eq(s)
+            });
+        if bool::from(found) {
+            return (true, computed);
         }
     }
-    Err(Error::InvalidSignature("X-Signature does not match"))
+    (false, computed)
+}
+
+/// Verifies `header` over `body` against any of `secrets` at time `now_secs`.
+pub fn verify(
+    secrets: &[String],
+    header: Option<&str>,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<(), Error> {
+    let parsed = parse(header, now_secs)?;
+    match matches(secrets, &parsed, body) {
+        (true, _) => Ok(()),
+        (false, _) => Err(Error::InvalidSignature("X-Signature does not match")),
+    }
 }
 
 /// The header value a sender with `secret` would send at `t` (used by tests and tools).
@@ -102,6 +156,30 @@ mod tests {
             assert!(verify(&secrets(), Some(bad), b"{}", NOW).is_err(), "{bad}");
         }
         assert!(verify(&secrets(), None, b"{}", NOW).is_err());
+    }
+
+    #[test]
+    fn one_mac_per_secret_whatever_the_number_of_values() {
+        let good = sign("new", NOW, b"{}");
+        let (_, good_value) = good.split_once(',').unwrap();
+        let header = format!("t={NOW},v1=00,{good_value}");
+        let many_wrong = format!("t={NOW}{}", ",v1=00".repeat(MAX_SIGNATURES));
+        let parsed = parse(Some(&many_wrong), NOW).unwrap();
+        assert_eq!(matches(&secrets(), &parsed, b"{}"), (false, 2));
+        let parsed = parse(Some(&header), NOW).unwrap();
+        assert_eq!(parsed.signatures.len(), 2);
+        assert_eq!(matches(&secrets(), &parsed, b"{}"), (true, 2));
+    }
+
+    #[test]
+    fn headers_over_the_caps_are_refused_before_any_hashing() {
+        let good = sign("new", NOW, b"{}");
+        let too_many = format!("{good}{}", ",v1=00".repeat(MAX_SIGNATURES));
+        assert!(parse(Some(&too_many), NOW).is_err());
+        let too_long = format!("{good},x={}", "a".repeat(MAX_HEADER_BYTES));
+        assert!(parse(Some(&too_long), NOW).is_err());
+        let at_the_caps = format!("{good}{}", ",v1=00".repeat(MAX_SIGNATURES - 1));
+        assert!(verify(&secrets(), Some(&at_the_caps), b"{}", NOW).is_ok());
     }
 
     #[test]

@@ -7,9 +7,8 @@ use entity::{
     product,
 };
 use sea_orm::{
-    AccessMode, ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait,
-    IsolationLevel, PaginatorTrait, QueryFilter, QuerySelect, Set, TransactionOptions,
-    TransactionTrait,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QuerySelect, Set,
     sea_query::{Alias, Expr, ExprTrait, Func},
 };
 
@@ -116,16 +115,7 @@ impl Service {
             Ok(hit) => hit,
             Err(ticket) => {
                 let loaded_at = Instant::now();
-                // Both reads from one snapshot, so a hold reclaimed in between is not lost.
-                let snapshot = self
-                    .db
-                    .conn
-                    .begin_with_options(TransactionOptions {
-                        isolation_level: Some(IsolationLevel::RepeatableRead),
-                        access_mode: Some(AccessMode::ReadOnly),
-                        sqlite_transaction_mode: None,
-                    })
-                    .await?;
+                let snapshot = self.db.begin_snapshot().await?;
                 let found = load_product_view(&snapshot, id, now_ms()).await?;
                 snapshot.commit().await?;
                 self.cache.put(ticket, found.clone(), loaded_at);

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod contract;
+mod edges;
 mod expiry;
 mod faults;
 mod spec;

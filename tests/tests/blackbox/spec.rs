@@ -1,6 +1,8 @@
 //! The OpenAPI contract against a live server: schemathesis generates requests from
-//! `openapi.yaml` and checks every answer against it, and the Python SDK generated from
-//! the same file runs hold -> order -> signed webhook (`scripts/contract-check.sh`).
+//! `openapi.yaml` and checks every answer against it, the answers random requests rarely
+//! reach (the webhook's 202, the largest qty) are checked against it too, and the Python SDK
+//! generated from the same file runs hold -> order -> signed webhook
+//! (`scripts/contract-check.sh`).
 
 use std::process::Command;
 
@@ -29,5 +31,10 @@ fn live_server_honours_openapi_yaml_under_schemathesis_and_the_python_sdk() {
     );
     assert!(out.status.success(), "contract check failed:\n{text}");
     assert!(text.contains("sdk smoke: 12 passed, 0 failed"), "{text}");
+    assert_eq!(
+        text.matches("edge contract: 6 passed, 0 failed").count(),
+        2,
+        "the webhook's 202 and the largest qty, in development mode and signed:\n{text}"
+    );
     assert!(!text.contains("failure"), "{text}");
 }

@@ -15,6 +15,7 @@ on_both_backends!(
     webhook_key_may_come_in_the_header_and_must_agree_with_the_body,
     webhook_input_errors_are_4xx,
     signed_webhooks_require_a_valid_fresh_signature,
+    signature_headers_over_their_caps_are_refused_before_any_hashing,
 );
 
 /// A product with 10 units, a hold of `qty` on it, and its pending order.
@@ -304,6 +305,44 @@ async fn signed_webhooks_require_a_valid_fresh_signature(backend: Backend) {
     let ok = post(Some(sign("old-secret", now, body.as_bytes()))).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.body["state"], "applied");
+    assert_eq!(app.get_order(order).await.body["status"], "paid");
+    assert_audit(&db.url);
+}
+
+async fn signature_headers_over_their_caps_are_refused_before_any_hashing(backend: Backend) {
+    let (db, app) = setup!(backend, &[("WEBHOOK_SECRET", "cap-secret")]);
+    let (_, hold, order) = pending_order(&app, 1).await;
+    let body = json!({"idempotency_key": "cap-1", "hold_id": hold, "status": "paid"}).to_string();
+    let post = |sig: String| {
+        let body = body.clone().into_bytes();
+        let app = &app;
+        async move {
+            app.request_raw(
+                Method::POST,
+                "/api/payments/webhook",
+                Some(body),
+                &[("x-signature", &sig)],
+            )
+            .await
+        }
+    };
+    let valid = sign("cap-secret", unix_now(), body.as_bytes());
+    // Nine v1= values, the last one right: more than a sender rotating secrets needs.
+    let too_many = format!("{valid}{}", ",v1=00".repeat(8));
+    let r = post(too_many).await;
+    r.assert_error(401, "invalid_signature");
+    assert!(
+        r.body["message"].as_str().unwrap().contains("v1"),
+        "{}",
+        r.body
+    );
+    // A header over 1 KiB, even though its one v1= value is right.
+    let too_long = format!("{valid},pad={}", "x".repeat(1024));
+    post(too_long).await.assert_error(401, "invalid_signature");
+    assert_eq!(app.get_order(order).await.body["status"], "pending");
+    // Within the caps, the right value among wrong ones is accepted.
+    let ok = post(format!("{valid}{}", ",v1=00".repeat(7))).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(app.get_order(order).await.body["status"], "paid");
     assert_audit(&db.url);
 }
