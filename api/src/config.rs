@@ -107,7 +107,7 @@ pub struct Config {
     pub bind: String,
 
     /// Shared secret(s) for `X-Signature` on the payment webhook, comma-separated to allow
-    /// rotation. Unset: webhooks are accepted unsigned (development only).
+    /// rotation. Required, unless `--dev` (or `--demo`) accepts unsigned webhooks.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
 
@@ -164,7 +164,10 @@ impl Config {
 /// Installs the global `tracing` subscriber (`RUST_LOG` filters, default `info`).
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
+        // poem announces its listener too: ours says it once, with where to go.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm=warn,poem::server=warn")
+        });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),

@@ -67,8 +67,19 @@ impl WriteTxn {
 }
 
 impl Db {
-    /// Opens a pool on `cfg.database_url`.
-    pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, DbErr> {
+    /// Opens a pool on `cfg.database_url`. A database that cannot be reached is reported
+    /// in one sentence naming the setting, the URL (without its password) and what to do.
+    pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        check_reachable(&cfg.database_url).await?;
+        Self::open(cfg).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the database {} (DATABASE_URL / --database-url): {e}",
+                redacted(&cfg.database_url)
+            )
+        })
+    }
+
+    async fn open(cfg: &DatabaseConfig) -> Result<Self, DbErr> {
         let wait = Duration::from_secs(cfg.db_wait_secs);
         let lock_timeout_ms = wait.as_millis();
         let mut opt = ConnectOptions::new(cfg.database_url.clone());
@@ -242,12 +253,83 @@ impl Db {
         self.conn.begin_with_options(options).await
     }
 
+    /// Closes the pool at a clean stop. On SQLite it first folds the write-ahead log into
+    /// the database file, so that `flashsale.db` alone holds every committed change.
+    pub async fn close(self) {
+        if self.backend() == DbBackend::Sqlite {
+            let checkpoint = "PRAGMA wal_checkpoint(TRUNCATE)";
+            if let Err(e) = self.conn.execute_unprepared(checkpoint).await {
+                tracing::warn!(error = %e, "the write-ahead log was not folded into the database");
+            }
+        }
+        if let Err(e) = self.conn.close().await {
+            tracing::warn!(error = %e, "closing the database pool failed");
+        }
+    }
+
     /// `true` when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         let stmt = sea_orm::Statement::from_string(self.backend(), "SELECT 1");
         tokio::time::timeout(Duration::from_secs(2), self.conn.execute_raw(stmt))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// PostgreSQL only: one connection attempt before the pool is built, so that a database
+/// that is not there fails at once with its real cause (refused, no such database, wrong
+/// password) rather than after the pool's wait with "pool timed out".
+async fn check_reachable(url: &str) -> anyhow::Result<()> {
+    use sea_orm::sqlx::{ConnectOptions as _, Connection as _, postgres::PgConnectOptions};
+    if !url.starts_with("postgres") {
+        return Ok(());
+    }
+    let hint = |what: &str| {
+        anyhow::anyhow!(
+            "cannot connect to the database {} (DATABASE_URL / --database-url): {what}",
+            redacted(url)
+        )
+    };
+    let opts: PgConnectOptions = url
+        .parse()
+        .map_err(|e| hint(&format!("the URL does not parse ({e})")))?;
+    let connect = opts.connect();
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Err(_) => Err(hint("no answer within 5 s; is the host reachable?")),
+        Ok(Err(e)) => Err(hint(&describe_connect_error(&e))),
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+    }
+}
+
+/// What went wrong connecting, and what to do about it.
+fn describe_connect_error(e: &sea_orm::sqlx::Error) -> String {
+    use sea_orm::sqlx::Error as Sqlx;
+    match e {
+        Sqlx::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused; is PostgreSQL running there?".to_owned()
+        }
+        Sqlx::Database(db) => match db.code().as_deref() {
+            Some("3D000") => format!("{}; create it first (createdb)", db.message()),
+            Some("28P01" | "28000") => {
+                format!("{}; check the user and password in the URL", db.message())
+            }
+            _ => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`: safe for logs and errors.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 

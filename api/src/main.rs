@@ -1,7 +1,7 @@
 //! `flashsale-api`: parse configuration, start tracing, build, serve until a signal
 //! (and, with `--with-worker`, run the worker's loops in the same process).
 
-use std::time::Duration;
+use std::{process::ExitCode, time::Duration};
 
 use api::{
     App,
@@ -11,26 +11,34 @@ use clap::Parser;
 use tokio::sync::watch;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let config = Config::parse();
     if matches!(config.command, Some(ApiCommand::Openapi)) {
         print!("{}", api::http::spec::yaml(config.rules.max_qty_per_hold));
-        return Ok(());
+        return ExitCode::SUCCESS;
     }
     api::config::init_tracing(config.log_format);
+    match serve(&config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // One line naming the cause and what to do, not a backtrace: a failure to start is
+        // the operator's to fix.
+        Err(e) => {
+            eprintln!("flashsale-api: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds the app, serves until SIGINT or SIGTERM, then stops the worker loops and closes
+/// the database.
+async fn serve(config: &Config) -> anyhow::Result<()> {
     config.check()?;
     if config.webhook_secrets().is_empty() {
         tracing::warn!("WEBHOOK_SECRET is not set: payment webhooks are accepted unsigned");
     }
-    let app = match App::build(&config).await {
-        Ok(app) => app,
-        // One line naming the cause, not a backtrace: this is the operator's mistake to fix.
-        Err(e) => {
-            eprintln!("flashsale-api: {e:#}");
-            std::process::exit(1);
-        }
-    };
-    tracing::info!(addr = %app.local_addr(), "flashsale-api listening");
+    let app = App::build(config).await?;
+    announce(config, app.local_addr());
+    let svc = app.service();
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = config.with_worker.then(|| {
         let mut stop = stop_rx.clone();
@@ -50,6 +58,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(worker) = worker {
         worker.await??;
     }
+    svc.db.close().await;
     tracing::info!("flashsale-api stopped");
     Ok(())
+}
+
+/// Says once, at start, where to go.
+fn announce(config: &Config, addr: std::net::SocketAddr) {
+    tracing::info!(
+        addr = %addr,
+        docs = %format_args!("http://{addr}/docs"),
+        worker = config.with_worker,
+        "flashsale-api listening"
+    );
+    if config.demo {
+        tracing::info!(
+            "demo: product 1 is for sale; try `curl http://{addr}/api/products/1`, then the \
+             README's \"Try it\" section"
+        );
+    }
 }

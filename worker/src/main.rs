@@ -59,14 +59,26 @@ enum Command {
 const MAX_SWEEP_PASSES: usize = 1000;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     api::config::init_tracing(cli.log_format);
+    match run(cli).await {
+        Ok(code) => code,
+        // One line naming the cause and what to do, not a backtrace.
+        Err(e) => {
+            eprintln!("flashsale-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command, then closes the database (on SQLite, folding its log into the file).
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     cli.rules.check()?;
     let db = Db::connect(&cli.database).await?;
     db.migrate().await?;
-    let svc = Service::new(db, cli.rules);
-    match cli.command.unwrap_or(Command::Run) {
+    let svc = Service::new(db.clone(), cli.rules);
+    let code = match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             if let Some(addr) = &cli.metrics_bind {
                 serve_metrics(addr).await?;
@@ -77,7 +89,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Sweep => sweep(&svc).await,
         Command::Audit => run_audit(&svc.db).await,
-    }
+    };
+    db.close().await;
+    code
 }
 
 /// Serves `GET /metrics` in the background.
@@ -93,7 +107,12 @@ async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
     }
 
     let acceptor = TcpListener::bind(addr.to_owned()).into_acceptor().await?;
-    tracing::info!(addr = ?acceptor.local_addr(), "worker metrics listening");
+    let bound = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().map(ToString::to_string))
+        .unwrap_or_else(|| addr.to_owned());
+    tracing::info!(addr = %bound, "worker metrics listening");
     tokio::spawn(
         Server::new_with_acceptor(acceptor).run(Route::new().at("/metrics", get(metrics))),
     );

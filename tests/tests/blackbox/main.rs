@@ -6,6 +6,7 @@ mod contract;
 mod edges;
 mod expiry;
 mod faults;
+mod lifecycle;
 mod spec;
 mod trust;
 mod webhook;
