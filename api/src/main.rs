@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(api::worker::run(
             app.service(),
             Duration::from_secs(config.worker.sweep_interval_secs),
+            api::worker::Liveness::default(),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

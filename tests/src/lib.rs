@@ -620,6 +620,19 @@ impl TcpProxy {
         }
     }
 
+    /// A proxy in front of the PostgreSQL database `db_url`, and the URL that reaches the
+    /// same database through it.
+    pub async fn in_front_of(db_url: &str) -> (Self, String) {
+        let (server, name) = db_url.rsplit_once('/').expect("URL names a database");
+        let (user, host) = server
+            .trim_start_matches("postgres://")
+            .rsplit_once('@')
+            .expect("URL names a user");
+        let proxy = Self::start(host.to_owned()).await;
+        let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{name}", proxy.port);
+        (proxy, via_proxy)
+    }
+
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -717,4 +730,25 @@ macro_rules! setup {
         let app = $crate::TestApp::spawn(&db, $env).await;
         (db, app)
     }};
+}
+
+/// A loopback port that was free a moment ago (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The status of `GET url`; 0 when nothing answers.
+pub async fn status_of(url: &str) -> u16 {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    client
+        .get(url)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
 }

@@ -12,6 +12,7 @@ use api::{
     config::{DatabaseConfig, LogFormat, RulesConfig, WorkerConfig},
     db::Db,
     service::{Service, audit},
+    worker::Liveness,
 };
 use clap::{Parser, Subcommand};
 
@@ -35,8 +36,9 @@ struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// With `run`: serve Prometheus metrics (job runs and failures) at `GET /metrics` on
-    /// this address. Unset: no HTTP server.
+    /// With `run`: serve Prometheus metrics (job runs and failures) at `GET /metrics`, and
+    /// `GET /ready` (200 while the job workers run, 503 while they are down), on this
+    /// address. Unset: no HTTP server.
     #[arg(long, env = "METRICS_BIND")]
     metrics_bind: Option<String>,
 
@@ -67,11 +69,12 @@ async fn main() -> anyhow::Result<ExitCode> {
     let svc = Service::new(db, cli.rules);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            let liveness = Liveness::default();
             if let Some(addr) = &cli.metrics_bind {
-                serve_metrics(addr).await?;
+                serve_metrics(addr, liveness.clone()).await?;
             }
             let interval = Duration::from_secs(cli.worker.sweep_interval_secs);
-            api::worker::run(svc, interval, api::shutdown_signal()).await?;
+            api::worker::run(svc, interval, liveness, api::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sweep => sweep(&svc).await,
@@ -79,11 +82,13 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Serves `GET /metrics` in the background.
-async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
+/// Serves `GET /metrics` and `GET /ready` in the background.
+async fn serve_metrics(addr: &str, liveness: Liveness) -> anyhow::Result<()> {
     use poem::{
-        Route, Server, get, handler,
+        EndpointExt, Route, Server, get, handler,
+        http::StatusCode,
         listener::{Acceptor, Listener, TcpListener},
+        web::Data,
     };
 
     #[handler]
@@ -91,11 +96,22 @@ async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
         api::metrics::metrics().render()
     }
 
+    #[handler]
+    fn ready(liveness: Data<&Liveness>) -> (StatusCode, &'static str) {
+        if liveness.is_up() {
+            (StatusCode::OK, "ready")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "job workers down")
+        }
+    }
+
     let acceptor = TcpListener::bind(addr.to_owned()).into_acceptor().await?;
     tracing::info!(addr = ?acceptor.local_addr(), "worker metrics listening");
-    tokio::spawn(
-        Server::new_with_acceptor(acceptor).run(Route::new().at("/metrics", get(metrics))),
-    );
+    let routes = Route::new()
+        .at("/metrics", get(metrics))
+        .at("/ready", get(ready))
+        .data(liveness);
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(routes));
     Ok(())
 }
 
