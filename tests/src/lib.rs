@@ -198,7 +198,20 @@ impl TestApp {
     }
 
     pub async fn spawn_url(db_url: &str, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(bin("flashsale-api"));
+        Self::spawn_command(Command::new(bin("flashsale-api")), db_url, env).await
+    }
+
+    /// Starts `flashsale-api` on `db` with at most `max_fds` open file descriptors.
+    pub async fn spawn_with_fd_limit(db: &TestDb, env: &[(&str, &str)], max_fds: u32) -> Self {
+        // prlimit sets the limit, then execs the binary: the process id stays the same.
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={max_fds}:{max_fds}"))
+            .arg("--")
+            .arg(bin("flashsale-api"));
+        Self::spawn_command(cmd, &db.url, env).await
+    }
+
+    async fn spawn_command(mut cmd: Command, db_url: &str, env: &[(&str, &str)]) -> Self {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("DATABASE_URL", db_url)
