@@ -27,6 +27,11 @@ use tokio::{
 /// to spin on the connection still waiting in the backlog, short enough to serve it soon.
 const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
+/// Default of `HTTP_IDLE_TIMEOUT_SECS`.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
+/// Default of `HTTP_REQUEST_TIMEOUT_SECS`.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+
 /// How long a connection may take.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionTimeouts {
@@ -36,6 +41,15 @@ pub struct ConnectionTimeouts {
     /// From a request's first byte until its answer starts; a client that sends its head
     /// or body slower is cut off.
     pub request: Duration,
+}
+
+impl Default for ConnectionTimeouts {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            request: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+        }
+    }
 }
 
 /// An acceptor that applies [`ConnectionTimeouts`] and survives descriptor exhaustion.

@@ -11,6 +11,7 @@ use std::{process::ExitCode, time::Duration};
 use api::{
     config::{DatabaseConfig, LogFormat, RulesConfig, WorkerConfig},
     db::Db,
+    listener::{ConnectionTimeouts, TimedAcceptor},
     service::{Service, audit},
     worker::Liveness,
 };
@@ -111,6 +112,8 @@ async fn serve_metrics(addr: &str, liveness: Liveness) -> anyhow::Result<()> {
         .at("/metrics", get(metrics))
         .at("/ready", get(ready))
         .data(liveness);
+    // The API's default timeouts: a scraper needs far less.
+    let acceptor = TimedAcceptor::new(acceptor, ConnectionTimeouts::default());
     tokio::spawn(Server::new_with_acceptor(acceptor).run(routes));
     Ok(())
 }
