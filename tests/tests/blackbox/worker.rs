@@ -305,8 +305,9 @@ async fn killed_worker_loses_no_job_and_two_workers_double_nothing(backend: Back
     assert_audit(&db.url);
 }
 
-/// Longer than the pool's 10 s acquire timeout: the outage that used to stop the workers.
-const OUTAGE: Duration = Duration::from_secs(12);
+/// Longer than the pool's 10 s acquire timeout plus a heartbeat interval: a worker's wait
+/// for a connection that starts just after the cut still times out before the restore.
+const OUTAGE: Duration = Duration::from_secs(15);
 
 /// A hold paid before its order exists; whether the order is paid `within` its creation
 /// (only the `CheckPendingWebhook` job does that while the sweep is an hour away).
