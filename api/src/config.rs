@@ -122,6 +122,17 @@ pub struct Config {
     #[command(flatten)]
     pub worker: WorkerConfig,
 
+    /// Seconds a connection may stay silent (before its first request, or between two)
+    /// before the server closes it.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", default_value_t = crate::listener::DEFAULT_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_idle_timeout_secs: u64,
+
+    /// Seconds from a request's first byte until its answer starts: a client that sends
+    /// its head or body slower is cut off. Keep it above the 10 s a request may wait for
+    /// the database.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT_SECS", default_value_t = crate::listener::DEFAULT_REQUEST_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_request_timeout_secs: u64,
+
     /// Also run the worker's jobs and sweep in this process (one-process development setup).
     #[arg(long, env = "WITH_WORKER", value_parser = BoolishValueParser::new())]
     pub with_worker: bool,
@@ -147,6 +158,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The HTTP connection timeouts.
+    pub fn connection_timeouts(&self) -> crate::listener::ConnectionTimeouts {
+        crate::listener::ConnectionTimeouts {
+            idle: std::time::Duration::from_secs(self.http_idle_timeout_secs),
+            request: std::time::Duration::from_secs(self.http_request_timeout_secs),
+        }
     }
 
     /// Webhook secrets, in the order given; empty when signatures are off.

@@ -8,6 +8,7 @@ pub mod db;
 mod error;
 pub mod http;
 pub mod jobs;
+pub mod listener;
 pub mod metrics;
 pub mod service;
 pub mod worker;
@@ -23,14 +24,14 @@ use poem::{
 
 pub use error::{Error, Result};
 
-use crate::{config::Config, db::Db, http::AppState, service::Service};
+use crate::{config::Config, db::Db, http::AppState, listener::TimedAcceptor, service::Service};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// A bound, migrated, ready-to-serve API.
 pub struct App {
-    acceptor: TcpAcceptor,
+    acceptor: TimedAcceptor<TcpAcceptor>,
     local_addr: SocketAddr,
     state: http::State,
 }
@@ -66,7 +67,7 @@ impl App {
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no TCP address"))?;
         Ok(Self {
-            acceptor,
+            acceptor: TimedAcceptor::new(acceptor, config.connection_timeouts()),
             local_addr,
             state,
         })

@@ -45,6 +45,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         tokio::spawn(api::worker::run(
             app.service(),
             Duration::from_secs(config.worker.sweep_interval_secs),
+            api::worker::Liveness::default(),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

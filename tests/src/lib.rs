@@ -198,7 +198,20 @@ impl TestApp {
     }
 
     pub async fn spawn_url(db_url: &str, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(bin("flashsale-api"));
+        Self::spawn_command(Command::new(bin("flashsale-api")), db_url, env).await
+    }
+
+    /// Starts `flashsale-api` on `db` with at most `max_fds` open file descriptors.
+    pub async fn spawn_with_fd_limit(db: &TestDb, env: &[(&str, &str)], max_fds: u32) -> Self {
+        // prlimit sets the limit, then execs the binary: the process id stays the same.
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={max_fds}:{max_fds}"))
+            .arg("--")
+            .arg(bin("flashsale-api"));
+        Self::spawn_command(cmd, &db.url, env).await
+    }
+
+    async fn spawn_command(mut cmd: Command, db_url: &str, env: &[(&str, &str)]) -> Self {
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("DATABASE_URL", db_url)
@@ -627,6 +640,19 @@ impl TcpProxy {
         *self.accept.lock().expect("accept") = Some(accept);
     }
 
+    /// A proxy in front of the PostgreSQL database `db_url`, and the URL that reaches the
+    /// same database through it.
+    pub async fn in_front_of(db_url: &str) -> (Self, String) {
+        let (server, name) = db_url.rsplit_once('/').expect("URL names a database");
+        let (user, host) = server
+            .trim_start_matches("postgres://")
+            .rsplit_once('@')
+            .expect("URL names a user");
+        let proxy = Self::start(host.to_owned()).await;
+        let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{name}", proxy.port);
+        (proxy, via_proxy)
+    }
+
     /// Drops every open connection and closes new ones as soon as they are accepted.
     pub fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -796,4 +822,25 @@ pub async fn query_i64(db_url: &str, sql: &str) -> i64 {
     let n: i64 = row.try_get_by_index(0).expect("an integer");
     conn.close().await.ok();
     n
+}
+
+/// A loopback port that was free a moment ago (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The status of `GET url`; 0 when nothing answers.
+pub async fn status_of(url: &str) -> u16 {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    client
+        .get(url)
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
 }

@@ -11,7 +11,9 @@ use std::{process::ExitCode, time::Duration};
 use api::{
     config::{DatabaseConfig, LogFormat, RulesConfig, WorkerConfig},
     db::Db,
+    listener::{ConnectionTimeouts, TimedAcceptor},
     service::{Service, audit},
+    worker::Liveness,
 };
 use clap::{Parser, Subcommand};
 
@@ -35,8 +37,9 @@ struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// With `run`: serve Prometheus metrics (job runs and failures) at `GET /metrics` on
-    /// this address. Unset: no HTTP server.
+    /// With `run`: serve Prometheus metrics (job runs and failures) at `GET /metrics`, and
+    /// `GET /ready` (200 while the job workers run, 503 while they are down), on this
+    /// address. Unset: no HTTP server.
     #[arg(long, env = "METRICS_BIND")]
     metrics_bind: Option<String>,
 
@@ -80,11 +83,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let svc = Service::new(db.clone(), cli.rules);
     let code = match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            let liveness = Liveness::default();
             if let Some(addr) = &cli.metrics_bind {
-                serve_metrics(addr).await?;
+                serve_metrics(addr, liveness.clone()).await?;
             }
             let interval = Duration::from_secs(cli.worker.sweep_interval_secs);
-            api::worker::run(svc, interval, api::shutdown_signal()).await?;
+            api::worker::run(svc, interval, liveness, api::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sweep => sweep(&svc).await,
@@ -94,16 +98,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// Serves `GET /metrics` in the background.
-async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
+/// Serves `GET /metrics` and `GET /ready` in the background.
+async fn serve_metrics(addr: &str, liveness: Liveness) -> anyhow::Result<()> {
     use poem::{
-        Route, Server, get, handler,
+        EndpointExt, Route, Server, get, handler,
+        http::StatusCode,
         listener::{Acceptor, Listener, TcpListener},
+        web::Data,
     };
 
     #[handler]
     fn metrics() -> String {
         api::metrics::metrics().render()
+    }
+
+    #[handler]
+    fn ready(liveness: Data<&Liveness>) -> (StatusCode, &'static str) {
+        if liveness.is_up() {
+            (StatusCode::OK, "ready")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "job workers down")
+        }
     }
 
     let acceptor = TcpListener::bind(addr.to_owned()).into_acceptor().await?;
@@ -113,9 +128,13 @@ async fn serve_metrics(addr: &str) -> anyhow::Result<()> {
         .and_then(|a| a.as_socket_addr().map(ToString::to_string))
         .unwrap_or_else(|| addr.to_owned());
     tracing::info!(addr = %bound, "worker metrics listening");
-    tokio::spawn(
-        Server::new_with_acceptor(acceptor).run(Route::new().at("/metrics", get(metrics))),
-    );
+    let routes = Route::new()
+        .at("/metrics", get(metrics))
+        .at("/ready", get(ready))
+        .data(liveness);
+    // The API's default timeouts: a scraper needs far less.
+    let acceptor = TimedAcceptor::new(acceptor, ConnectionTimeouts::default());
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(routes));
     Ok(())
 }
 

@@ -90,19 +90,6 @@ async fn a_keyed_hold_on_a_sold_out_product_is_refused_without_waiting_for_the_r
     assert_audit(&db.url);
 }
 
-/// A PostgreSQL test database reached through a proxy that can be cut.
-async fn behind_a_proxy() -> Option<(TestDb, TcpProxy, String)> {
-    let db = TestDb::new(Backend::Postgres).await?;
-    let (server, name) = db.url.rsplit_once('/').expect("a database name");
-    let target = server
-        .rsplit_once('@')
-        .map_or(server, |(_, host)| host)
-        .to_owned();
-    let proxy = TcpProxy::start(target).await;
-    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
-    Some((db, proxy, via_proxy))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_terminated_by_the_database_is_answered_503_and_writes_nothing() {
     // Goal: a PostgreSQL restart (SQLSTATE 57P01, "terminating connection due to
@@ -170,9 +157,10 @@ async fn while_the_database_is_down_requests_are_answered_503_without_waiting_ou
     // connection; the proxy then refuses connections, as a stopped or restarting server
     // does (the pool keeps retrying those until its wait runs out); once /ready says so,
     // every request must be answered well inside those 30 s.
-    let Some((db, proxy, via_proxy)) = behind_a_proxy().await else {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
         return;
     };
+    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
     let app = TestApp::spawn_url(&via_proxy, &[("DB_WAIT_SECS", "30")]).await;
     let product = app.create_product(10, 100).await;
     proxy.refuse();

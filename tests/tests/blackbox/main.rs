@@ -2,6 +2,7 @@
 //! fresh database per test, every test on SQLite and on PostgreSQL.
 
 mod concurrency;
+mod connections;
 mod contract;
 mod edges;
 mod expiry;

@@ -348,13 +348,7 @@ async fn database_outage_gives_clean_503s_and_the_api_recovers_by_itself() {
     let Some(db) = TestDb::new(Backend::Postgres).await else {
         return;
     };
-    let (server, name) = db.url.rsplit_once('/').unwrap();
-    let target = server
-        .rsplit_once('@')
-        .map_or(server, |(_, host)| host)
-        .to_owned();
-    let proxy = TcpProxy::start(target).await;
-    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
+    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
     let app = TestApp::spawn_url(&via_proxy, &[]).await;
     let product = app.create_product(10, 100).await;
     assert_eq!(app.hold(product, 1).await.status, 201);

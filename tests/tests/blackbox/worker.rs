@@ -1,12 +1,12 @@
 //! The worker as its own process: delayed expiry, payments that came before their order,
-//! unpaid orders, the one-shot sweep, and a worker killed mid-flight.
+//! unpaid orders, the one-shot sweep, a worker killed mid-flight, and a database outage.
 
 use std::time::Duration;
 
 use futures::future::join_all;
 use tests::{
-    Backend, TestApp, TestWorker, assert_audit, eventually, on_both_backends, setup, stored_status,
-    sweep,
+    Backend, TcpProxy, TestApp, TestDb, TestWorker, assert_audit, eventually, free_port,
+    on_both_backends, setup, status_of, stored_status, sweep,
 };
 
 on_both_backends!(
@@ -17,6 +17,7 @@ on_both_backends!(
     unpaid_order_past_its_payment_ttl_is_cancelled_and_its_stock_returned,
     storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent,
     killed_worker_loses_no_job_and_two_workers_double_nothing,
+    worker_ready_answers_200_while_its_job_workers_run,
 );
 
 /// The SPEC's bound for an early payment to reach its order with the worker running.
@@ -301,5 +302,134 @@ async fn killed_worker_loses_no_job_and_two_workers_double_nothing(backend: Back
         30,
         "every unit came back exactly once"
     );
+    assert_audit(&db.url);
+}
+
+/// Longer than the pool's 10 s acquire timeout plus a heartbeat interval: a worker's wait
+/// for a connection that starts just after the cut still times out before the restore.
+const OUTAGE: Duration = Duration::from_secs(15);
+
+/// A hold paid before its order exists; whether the order is paid `within` its creation
+/// (only the `CheckPendingWebhook` job does that while the sweep is an hour away).
+async fn early_payment_is_applied(
+    app: &TestApp,
+    product: i64,
+    key: &str,
+    within: Duration,
+) -> bool {
+    let hold = app.hold(product, 1).await.body["hold_id"].as_i64().unwrap();
+    assert_eq!(app.webhook(key, hold, "paid").await.status, 202);
+    let order = app.order(hold).await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let order = order.body["id"].as_i64().unwrap();
+    eventually(within, || async {
+        order_status(app, order).await == "paid"
+    })
+    .await
+}
+
+async fn worker_ready_answers_200_while_its_job_workers_run(backend: Backend) {
+    let (db, app) = setup!(backend);
+    let bind = format!("127.0.0.1:{}", free_port());
+    let ready = format!("http://{bind}/ready");
+    let worker = TestWorker::spawn(
+        &db.url,
+        &[("METRICS_BIND", &bind), ("SWEEP_INTERVAL_SECS", "3600")],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            status_of(&ready).await == 200
+        })
+        .await,
+        "the worker's /ready did not answer 200"
+    );
+    let product = app.create_product(5, 100).await;
+    assert!(early_payment_is_applied(&app, product, "ready-1", WITHIN).await);
+    assert!(worker.terminate(), "SIGTERM: the worker exits cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_process_runs_jobs_again_after_a_database_outage_longer_than_the_pool_timeout() {
+    // Goal: the job workers of `flashsale-worker run` come back by themselves after an
+    // outage, `/ready` says when they are down, and SIGTERM still exits 0.
+    // Method: the worker reaches PostgreSQL through a proxy (the API does not); cut it for
+    // longer than the pool timeout, restore it, then pay a hold before its order.
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
+    let app = TestApp::spawn(&db, &[]).await;
+    let bind = format!("127.0.0.1:{}", free_port());
+    let ready = format!("http://{bind}/ready");
+    let ready_is = |want: u16| {
+        let ready = ready.clone();
+        move || {
+            let ready = ready.clone();
+            async move { status_of(&ready).await == want }
+        }
+    };
+    let worker = TestWorker::spawn(
+        &via_proxy,
+        &[("METRICS_BIND", &bind), ("SWEEP_INTERVAL_SECS", "3600")],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), ready_is(200)).await,
+        "never ready"
+    );
+    let product = app.create_product(10, 100).await;
+    assert!(early_payment_is_applied(&app, product, "before-outage", WITHIN).await);
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), ready_is(503)).await,
+        "/ready did not report the workers down"
+    );
+    tokio::time::sleep(OUTAGE.saturating_sub(cut_at.elapsed())).await;
+    proxy.restore();
+    assert!(
+        eventually(Duration::from_secs(40), ready_is(200)).await,
+        "the workers did not come back"
+    );
+    assert!(
+        early_payment_is_applied(&app, product, "after-outage", WITHIN).await,
+        "no job ran after the outage"
+    );
+    assert!(
+        worker.terminate(),
+        "SIGTERM after a recovered outage exits 0"
+    );
+    assert_audit(&db.url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_worker_runs_jobs_again_after_a_database_outage_longer_than_the_pool_timeout() {
+    // Goal: the same for `flashsale-api --with-worker`.
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
+    let mut app = TestApp::spawn_url(
+        &via_proxy,
+        &[("WITH_WORKER", "1"), ("SWEEP_INTERVAL_SECS", "3600")],
+    )
+    .await;
+    let product = app.create_product(10, 100).await;
+    assert!(early_payment_is_applied(&app, product, "before-outage", WITHIN).await);
+    proxy.cut();
+    tokio::time::sleep(OUTAGE).await;
+    proxy.restore();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.get("/ready").await.status == 200
+        })
+        .await,
+        "the API did not recover"
+    );
+    // The workers may still be waiting out their restart backoff: give them its ceiling.
+    assert!(
+        early_payment_is_applied(&app, product, "after-outage", Duration::from_secs(40)).await,
+        "no job ran after the outage"
+    );
+    assert!(app.terminate(), "SIGTERM after a recovered outage exits 0");
     assert_audit(&db.url);
 }
