@@ -32,20 +32,12 @@ async fn a_grouped_hold_answered_503_leaves_nothing_behind(backend: Backend) {
     let (db, app) = setup!(backend, &[("DB_WAIT_SECS", wait.as_str())]);
     let product = app.create_product(5, 100).await;
     let stuck = StuckWriter::lock_product(&db.url, product).await;
-    let url = app.url("/api/holds");
-    let request = tokio::spawn({
-        let client = app.client.clone();
-        async move {
-            let r = client
-                .post(url)
-                .json(&json!({"product_id": product, "qty": 2}))
-                .send()
-                .await
-                .expect("send");
-            let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.expect("json"))
-        }
-    });
+    let request = post_in_background(
+        &app,
+        "/api/holds",
+        json!({"product_id": product, "qty": 2}),
+        None,
+    );
     tokio::time::sleep(Duration::from_secs(2 * WAIT_SECS)).await;
     stuck.release().await;
     let (status, body) = request.await.expect("join");
@@ -102,32 +94,13 @@ async fn a_session_terminated_by_the_database_is_answered_503_and_writes_nothing
     let app = TestApp::spawn(&db, &[]).await;
     let product = app.create_product(5, 100).await;
     let stuck = StuckWriter::lock_product(&db.url, product).await;
-    let request = tokio::spawn({
-        let (client, url) = (app.client.clone(), app.url("/api/holds"));
-        async move {
-            let r = client
-                .post(url)
-                .header("idempotency-key", "cart-57")
-                .json(&json!({"product_id": product, "qty": 2}))
-                .send()
-                .await
-                .expect("send");
-            let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.expect("json"))
-        }
-    });
-    let name = db.url.rsplit_once('/').expect("name").1.to_owned();
-    let waiting = format!(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{name}' \
-         AND wait_event_type = 'Lock'"
+    let request = post_in_background(
+        &app,
+        "/api/holds",
+        json!({"product_id": product, "qty": 2}),
+        Some("cart-57"),
     );
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            query_i64(&db.url, &waiting).await > 0
-        })
-        .await,
-        "the hold never waited on the row"
-    );
+    let name = until_a_session_waits_on_a_lock(&db.url, "the hold never waited on the row").await;
     query_i64(
         &db.url,
         &format!(
@@ -214,30 +187,8 @@ async fn an_order_committed_after_its_hold_was_due_is_never_served_from_a_stale_
     assert_eq!(hold.status, 201);
     let hold_id = hold.body["hold_id"].as_i64().expect("hold_id");
     let stuck = StuckWriter::lock_product(&db.url, product).await;
-    let order = tokio::spawn({
-        let (client, url) = (app.client.clone(), app.url("/api/orders"));
-        async move {
-            let r = client
-                .post(url)
-                .json(&json!({"hold_id": hold_id}))
-                .send()
-                .await
-                .expect("send");
-            r.status().as_u16()
-        }
-    });
-    let name = db.url.rsplit_once('/').expect("name").1.to_owned();
-    let waiting = format!(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{name}' \
-         AND wait_event_type = 'Lock'"
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            query_i64(&db.url, &waiting).await > 0
-        })
-        .await,
-        "the order never waited on the product row"
-    );
+    let order = post_in_background(&app, "/api/orders", json!({"hold_id": hold_id}), None);
+    until_a_session_waits_on_a_lock(&db.url, "the order never waited on the product row").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         app.available(product).await,
@@ -245,17 +196,49 @@ async fn an_order_committed_after_its_hold_was_due_is_never_served_from_a_stale_
         "the due hold reads as free"
     );
     stuck.release().await;
-    assert_eq!(
-        order.await.expect("join"),
-        201,
-        "decided before the hold was due"
-    );
+    let (status, body) = order.await.expect("join");
+    assert_eq!(status, 201, "decided before the hold was due: {body}");
     assert_eq!(
         app.available(product).await,
         0,
         "served a value older than the order"
     );
     assert_audit(&db.url);
+}
+
+/// Sends `body` to `path` (with `key` as its `Idempotency-Key`) in the background; the
+/// task ends with the answer's status and JSON body.
+fn post_in_background(
+    app: &TestApp,
+    path: &str,
+    body: serde_json::Value,
+    key: Option<&str>,
+) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+    let mut request = app.client.post(app.url(path)).json(&body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    tokio::spawn(async move {
+        let r = request.send().await.expect("send");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json"))
+    })
+}
+
+/// Waits until a session of the PostgreSQL test database `db_url` waits on a lock, and
+/// returns the database's name; fails with `what` after 10 s.
+async fn until_a_session_waits_on_a_lock(db_url: &str, what: &str) -> String {
+    let name = db_url.rsplit_once('/').expect("name").1.to_owned();
+    let waiting = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{name}' \
+         AND wait_event_type = 'Lock'"
+    );
+    let found = eventually(Duration::from_secs(10), || async {
+        query_i64(db_url, &waiting).await > 0
+    })
+    .await;
+    assert!(found, "{what}");
+    name
 }
 
 #[test]
