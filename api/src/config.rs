@@ -24,7 +24,7 @@ pub struct DatabaseConfig {
     /// Longest a request waits on the database before it is answered 503: for a pool
     /// connection, for a locked row (PostgreSQL `lock_timeout`), for SQLite's write lock,
     /// and for its place in a hold group.
-    #[arg(long, env = "DB_WAIT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    #[arg(long, env = "DB_WAIT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub db_wait_secs: u64,
 }
 
@@ -128,8 +128,8 @@ pub struct Config {
     pub http_idle_timeout_secs: u64,
 
     /// Seconds from a request's first byte until its answer starts: a client that sends
-    /// its head or body slower is cut off. Keep it above the 10 s a request may wait for
-    /// the database.
+    /// its head or body slower is cut off. Must be longer than five times `DB_WAIT_SECS`,
+    /// the longest a hold request may wait for the database.
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT_SECS", default_value_t = crate::listener::DEFAULT_REQUEST_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub http_request_timeout_secs: u64,
 
@@ -155,6 +155,17 @@ impl Config {
             anyhow::bail!(
                 "WEBHOOK_SECRET is not set: anyone could mark orders paid. Set it (comma-separated \
                  secrets allow rotation), or pass --dev / DEV_MODE=1 for development"
+            );
+        }
+        let longest_hold =
+            crate::service::hold_groups::longest_hold_wait_secs(self.database.db_wait_secs);
+        if self.http_request_timeout_secs <= longest_hold {
+            anyhow::bail!(
+                "HTTP_REQUEST_TIMEOUT_SECS ({}) is not longer than a hold request may wait for \
+                 the database ({longest_hold} s, five times DB_WAIT_SECS): its connection could be \
+                 cut while its hold is still being made. Raise HTTP_REQUEST_TIMEOUT_SECS or \
+                 lower DB_WAIT_SECS",
+                self.http_request_timeout_secs,
             );
         }
         Ok(())
@@ -191,5 +202,41 @@ pub fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Config;
+
+    fn config(args: &[&str]) -> Config {
+        let mut argv = vec!["flashsale-api", "--dev"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).expect("parses")
+    }
+
+    #[test]
+    fn the_defaults_pass_the_checks() {
+        config(&[]).check().expect("defaults are consistent");
+    }
+
+    #[test]
+    fn a_request_timeout_within_the_database_wait_is_refused() {
+        let err = config(&["--http-request-timeout-secs", "25", "--db-wait-secs", "5"])
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HTTP_REQUEST_TIMEOUT_SECS") && err.contains("DB_WAIT_SECS"));
+    }
+
+    #[test]
+    fn a_key_retention_shorter_than_the_hold_ttl_is_refused() {
+        let err = config(&["--idempotency-key-ttl-secs", "60", "--hold-ttl-secs", "120"])
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("IDEMPOTENCY_KEY_TTL_SECS") && err.contains("HOLD_TTL_SECS"));
     }
 }

@@ -43,7 +43,12 @@ impl App {
         let acceptor = TcpListener::bind(config.bind.as_str())
             .into_acceptor()
             .await
-            .with_context(|| format!("cannot listen on {} (BIND / --bind)", config.bind))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (BIND / --bind; set it to a free address of this host)",
+                    config.bind
+                )
+            })?;
         let db = Db::connect(&config.database).await?;
         db.migrate().await?;
         tokio::spawn({

@@ -51,15 +51,20 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             },
         ))
     });
-    app.run(async move {
-        api::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    })
-    .await?;
-    if let Some(worker) = worker {
-        worker.await??;
-    }
+    let served = app
+        .run(async move {
+            api::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    let worked = match worker {
+        Some(worker) => worker.await.map_err(anyhow::Error::from).and_then(|r| r),
+        None => Ok(()),
+    };
+    // Closed whatever happened above: on SQLite this folds the log into the file.
     svc.db.close().await;
+    served?;
+    worked?;
     tracing::info!("flashsale-api stopped");
     Ok(())
 }

@@ -16,6 +16,7 @@ use api::{
     worker::Liveness,
 };
 use clap::{Parser, Subcommand};
+use poem::listener::TcpAcceptor;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -78,14 +79,20 @@ async fn main() -> ExitCode {
 /// Runs the command, then closes the database (on SQLite, folding its log into the file).
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     cli.rules.check()?;
+    let command = cli.command.unwrap_or(Command::Run);
+    // Bound before the database is touched: a taken address fails at once, changing nothing.
+    let metrics = match (&command, &cli.metrics_bind) {
+        (Command::Run, Some(addr)) => Some(bind_metrics(addr).await?),
+        _ => None,
+    };
     let db = Db::connect(&cli.database).await?;
     db.migrate().await?;
     let svc = Service::new(db.clone(), cli.rules);
-    let code = match cli.command.unwrap_or(Command::Run) {
+    let code = match command {
         Command::Run => {
             let liveness = Liveness::default();
-            if let Some(addr) = &cli.metrics_bind {
-                serve_metrics(addr, liveness.clone()).await?;
+            if let Some(acceptor) = metrics {
+                serve_metrics(acceptor, liveness.clone());
             }
             let interval = Duration::from_secs(cli.worker.sweep_interval_secs);
             api::worker::run(svc, interval, liveness, api::shutdown_signal()).await?;
@@ -98,14 +105,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// Serves `GET /metrics` and `GET /ready` in the background.
-async fn serve_metrics(addr: &str, liveness: Liveness) -> anyhow::Result<()> {
-    use poem::{
-        EndpointExt, Route, Server, get, handler,
-        http::StatusCode,
-        listener::{Acceptor, Listener, TcpListener},
-        web::Data,
-    };
+/// Listens on `METRICS_BIND`, or says in one line why it cannot.
+async fn bind_metrics(addr: &str) -> anyhow::Result<TcpAcceptor> {
+    use anyhow::Context;
+    use poem::listener::{Acceptor, Listener, TcpListener};
+    let acceptor = TcpListener::bind(addr.to_owned())
+        .into_acceptor()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {addr} (METRICS_BIND / --metrics-bind; set it to a free \
+                 address of this host)"
+            )
+        })?;
+    let bound = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().map(ToString::to_string))
+        .unwrap_or_else(|| addr.to_owned());
+    tracing::info!(addr = %bound, "worker metrics listening");
+    Ok(acceptor)
+}
+
+/// Serves `GET /metrics` and `GET /ready` on `acceptor` in the background.
+fn serve_metrics(acceptor: TcpAcceptor, liveness: Liveness) {
+    use poem::{EndpointExt, Route, Server, get, handler, http::StatusCode, web::Data};
 
     #[handler]
     fn metrics() -> String {
@@ -121,13 +145,6 @@ async fn serve_metrics(addr: &str, liveness: Liveness) -> anyhow::Result<()> {
         }
     }
 
-    let acceptor = TcpListener::bind(addr.to_owned()).into_acceptor().await?;
-    let bound = acceptor
-        .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().map(ToString::to_string))
-        .unwrap_or_else(|| addr.to_owned());
-    tracing::info!(addr = %bound, "worker metrics listening");
     let routes = Route::new()
         .at("/metrics", get(metrics))
         .at("/ready", get(ready))
@@ -135,7 +152,6 @@ async fn serve_metrics(addr: &str, liveness: Liveness) -> anyhow::Result<()> {
     // The API's default timeouts: a scraper needs far less.
     let acceptor = TimedAcceptor::new(acceptor, ConnectionTimeouts::default());
     tokio::spawn(Server::new_with_acceptor(acceptor).run(routes));
-    Ok(())
 }
 
 async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {

@@ -49,6 +49,13 @@ pub const MAX_QUEUED: usize = 8 * MAX_GROUP;
 /// bounded by one) before it is abandoned.
 const GROUP_DEADLINE_WAITS: u32 = 4;
 
+/// The longest an unkeyed hold request may take, given `DB_WAIT_SECS`: its wait for a
+/// place in a group, then its group's deadline. A connection cut before that (an HTTP
+/// request timeout) would leave its client unaware of a hold that may still commit.
+pub fn longest_hold_wait_secs(db_wait_secs: u64) -> u64 {
+    (1 + u64::from(GROUP_DEADLINE_WAITS)) * db_wait_secs
+}
+
 /// A request waiting to join its product's next group.
 struct Waiting {
     /// Identifies the request in its queue, so that it can leave it.

@@ -11,10 +11,12 @@ use tokio::{
 
 use tests::{Backend, TestApp, TestDb, eventually, setup, status_of};
 
-/// Short timeouts, so that the tests see them pass.
-const TIMEOUTS: [(&str, &str); 2] = [
+/// Short timeouts, so that the tests see them pass (the request timeout must be longer
+/// than a hold request may wait for the database, five times `DB_WAIT_SECS`).
+const TIMEOUTS: [(&str, &str); 3] = [
     ("HTTP_IDLE_TIMEOUT_SECS", "1"),
-    ("HTTP_REQUEST_TIMEOUT_SECS", "2"),
+    ("HTTP_REQUEST_TIMEOUT_SECS", "6"),
+    ("DB_WAIT_SECS", "1"),
 ];
 
 /// Far longer than any configured timeout: the wait for what would otherwise never happen.

@@ -134,7 +134,8 @@ async fn while_the_database_is_down_requests_are_answered_503_without_waiting_ou
         return;
     };
     let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
-    let app = TestApp::spawn_url(&via_proxy, &[("DB_WAIT_SECS", "30")]).await;
+    let env = [("DB_WAIT_SECS", "30"), ("HTTP_REQUEST_TIMEOUT_SECS", "200")];
+    let app = TestApp::spawn_url(&via_proxy, &env).await;
     let product = app.create_product(10, 100).await;
     proxy.refuse();
     assert!(

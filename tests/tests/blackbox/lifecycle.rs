@@ -106,3 +106,27 @@ async fn a_database_that_does_not_exist_is_named_with_what_to_do() {
         );
     }
 }
+
+#[test]
+fn a_taken_metrics_address_stops_the_worker_in_one_line_before_the_database_is_touched() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = std::env::temp_dir().join(format!("flashsale-metrics-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.join("shop.db").display());
+    let (ok, lines) = start(
+        "flashsale-worker",
+        &["run"],
+        &[("DATABASE_URL", &url), ("METRICS_BIND", &addr)],
+    );
+    let created: Vec<_> = std::fs::read_dir(&dir).expect("read dir").collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok, "the worker started");
+    assert_eq!(lines.len(), 1, "one line, no backtrace: {lines:?}");
+    assert!(
+        lines[0].contains(&addr) && lines[0].contains("METRICS_BIND"),
+        "{}",
+        lines[0]
+    );
+    assert!(created.is_empty(), "the database was touched: {created:?}");
+}
