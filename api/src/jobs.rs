@@ -108,11 +108,8 @@ impl JobQueue {
             .idempotency_key(format!("expire-holds-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
             .build();
-        // A push that cannot get its turn to write is lost like any failed push: the sweep
-        // catches what it would have done.
-        let result = match db.write_gate().await {
-            Err(e) => Err(e.to_string()),
-            Ok(_gate) => match self {
+        let result = in_turn(db, async {
+            match self {
                 Self::Sqlite { expire, .. } => expire
                     .clone()
                     .push_task(task)
@@ -123,8 +120,9 @@ impl JobQueue {
                     .push_task(task)
                     .await
                     .map_err(|e| e.to_string()),
-            },
-        };
+            }
+        })
+        .await;
         report("ExpireHold", hold_id, result);
     }
 
@@ -134,11 +132,8 @@ impl JobQueue {
             .idempotency_key(format!("check-webhook-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
             .build();
-        // A push that cannot get its turn to write is lost like any failed push: the sweep
-        // catches what it would have done.
-        let result = match db.write_gate().await {
-            Err(e) => Err(e.to_string()),
-            Ok(_gate) => match self {
+        let result = in_turn(db, async {
+            match self {
                 Self::Sqlite { check, .. } => check
                     .clone()
                     .push_task(task)
@@ -149,10 +144,18 @@ impl JobQueue {
                     .push_task(task)
                     .await
                     .map_err(|e| e.to_string()),
-            },
-        };
+            }
+        })
+        .await;
         report("CheckPendingWebhook", hold_id, result);
     }
+}
+
+/// Runs `push` in this process's turn to write (SQLite). A push that cannot get its turn
+/// in time is lost like any failed push: the sweep catches what it would have done.
+async fn in_turn(db: &Db, push: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+    let _gate = db.write_gate().await.map_err(|e| e.to_string())?;
+    push.await
 }
 
 fn report(job: &str, hold_id: i64, result: Result<(), String>) {
