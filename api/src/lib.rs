@@ -1,17 +1,9 @@
-//! flashsale: checkout back end for flash sales.
-//!
-//! `service` holds the rules and every transaction; `http` is the thin HTTP surface over it;
-//! the worker binary uses `service` too, so both processes apply the same rules.
+//! The HTTP face of flashsale: [`App`] binds, connects and serves the routes of [`http`]
+//! over the rules of the `service` crate. `main.rs` is the `flashsale-api` binary; with
+//! `--with-worker` it also runs the `worker` crate's loops in the same process.
 
 pub mod config;
-pub mod db;
-mod error;
 pub mod http;
-pub mod jobs;
-pub mod listener;
-pub mod metrics;
-pub mod service;
-pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -22,9 +14,10 @@ use poem::{
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
 };
 
-pub use error::{Error, Result};
+use listener::TimedAcceptor;
+use service::{Service, db::Db};
 
-use crate::{config::Config, db::Db, http::AppState, listener::TimedAcceptor, service::Service};
+use crate::{config::Config, http::AppState};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -93,27 +86,4 @@ impl App {
             .run_with_graceful_shutdown(http::routes(self.state), shutdown, Some(SHUTDOWN_GRACE))
             .await
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
         print!("{}", api::http::spec::yaml(config.rules.max_qty_per_hold));
         return ExitCode::SUCCESS;
     }
-    api::config::init_tracing(config.log_format);
+    service::config::init_tracing(config.log_format);
     match serve(&config).await {
         Ok(()) => ExitCode::SUCCESS,
         // One line naming the cause and what to do, not a backtrace: a failure to start is
@@ -42,10 +42,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = config.with_worker.then(|| {
         let mut stop = stop_rx.clone();
-        tokio::spawn(api::worker::run(
+        tokio::spawn(worker::run(
             app.service(),
             Duration::from_secs(config.worker.sweep_interval_secs),
-            api::worker::Liveness::default(),
+            worker::Liveness::default(),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
@@ -53,7 +53,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     });
     let served = app
         .run(async move {
-            api::shutdown_signal().await;
+            listener::shutdown_signal().await;
             let _ = stop_tx.send(true);
         })
         .await;

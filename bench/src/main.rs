@@ -26,7 +26,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
-use tests::{Backend, TestApp, TestDb};
+use testkit::{Backend, TestApp, TestDb};
 
 /// Command line.
 #[derive(Parser, Debug)]
@@ -597,7 +597,7 @@ async fn scenarios(
             http.post(format!("{base}/api/orders")).json(&json!({"hold_id": hold_id})).send().await?;
             let body = json!({"idempotency_key": format!("bench-{client}-{seq}"), "hold_id": hold_id, "status": "paid"})
                 .to_string();
-            let sig = tests::sign(WEBHOOK_SECRET, tests::unix_now(), body.as_bytes());
+            let sig = testkit::sign(WEBHOOK_SECRET, testkit::unix_now(), body.as_bytes());
             let r = http
                 .post(format!("{base}/api/payments/webhook"))
                 .header("content-type", "application/json")
@@ -610,7 +610,7 @@ async fn scenarios(
     })
     .await;
     let (cpu, waits) = probe.finish(probing).await;
-    let (audit_ok, _) = tests::audit(&db.url);
+    let (audit_ok, _) = testkit::audit(&db.url);
     let paid = app.get("/metrics").await.body.as_str().and_then(|m| {
         m.lines().find_map(|l| {
             l.strip_prefix(r#"flashsale_orders{status="paid"} "#)?

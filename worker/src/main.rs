@@ -8,15 +8,15 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use api::{
+use clap::{Parser, Subcommand};
+use listener::{ConnectionTimeouts, TimedAcceptor};
+use poem::listener::TcpAcceptor;
+use service::{
+    Service, audit,
     config::{DatabaseConfig, LogFormat, RulesConfig, WorkerConfig},
     db::Db,
-    listener::{ConnectionTimeouts, TimedAcceptor},
-    service::{Service, audit},
-    worker::Liveness,
 };
-use clap::{Parser, Subcommand};
-use poem::listener::TcpAcceptor;
+use worker::Liveness;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,7 +65,7 @@ const MAX_SWEEP_PASSES: usize = 1000;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    api::config::init_tracing(cli.log_format);
+    service::config::init_tracing(cli.log_format);
     match run(cli).await {
         Ok(code) => code,
         // One line naming the cause and what to do, not a backtrace.
@@ -95,7 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serve_metrics(acceptor, liveness.clone());
             }
             let interval = Duration::from_secs(cli.worker.sweep_interval_secs);
-            api::worker::run(svc, interval, liveness, api::shutdown_signal()).await?;
+            worker::run(svc, interval, liveness, listener::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sweep => sweep(&svc).await,
@@ -133,7 +133,7 @@ fn serve_metrics(acceptor: TcpAcceptor, liveness: Liveness) {
 
     #[handler]
     fn metrics() -> String {
-        api::metrics::metrics().render()
+        service::metrics::metrics().render()
     }
 
     #[handler]
@@ -155,7 +155,7 @@ fn serve_metrics(acceptor: TcpAcceptor, liveness: Liveness) {
 }
 
 async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
-    let mut total = api::service::upkeep::SweepReport::default();
+    let mut total = service::upkeep::SweepReport::default();
     for _ in 0..MAX_SWEEP_PASSES {
         let report = svc.sweep_once().await?;
         total.expired_hold_units += report.expired_hold_units;

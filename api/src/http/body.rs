@@ -40,7 +40,7 @@ fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     // serde would read a struct from an array too (`[1, 2]`): every body is an object.
     if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
-            Ok(_) => crate::Error::validation("body", "must be a JSON object").into(),
+            Ok(_) => service::Error::validation("body", "must be a JSON object").into(),
             Err(e) => ApiError::invalid_json(format!("request body is not valid JSON: {e}")),
         });
     }
@@ -55,7 +55,7 @@ fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
             }
             Category::Data => {
                 let field = if path == "." { "body".to_owned() } else { path };
-                ApiError::from(crate::Error::validation(field, strip_position(&inner)))
+                ApiError::from(service::Error::validation(field, strip_position(&inner)))
             }
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::invalid_json(format!("request body is not valid JSON: {inner}"))

@@ -5,7 +5,7 @@ use poem::{Response, http::StatusCode};
 use poem_openapi::{ApiResponse, Object, payload::Json};
 use serde::Serialize;
 
-use crate::Error;
+use service::Error;
 
 /// The body of every error response.
 #[derive(Clone, Debug, Object, Serialize)]
@@ -93,7 +93,7 @@ impl From<Error> for ApiError {
                 Self::Unavailable(body("database_unavailable", format!("{why}; retry later")))
             }
             Error::Database(db) => {
-                if crate::error::database_unavailable(&db) {
+                if service::error::database_unavailable(&db) {
                     tracing::warn!(error = %db, details = ?db, "database unavailable");
                     Self::Unavailable(body(
                         "database_unavailable",
@@ -148,8 +148,8 @@ macro_rules! operation_errors {
             }
         }
 
-        impl From<$crate::Error> for $name {
-            fn from(e: $crate::Error) -> Self {
+        impl From<::service::Error> for $name {
+            fn from(e: ::service::Error) -> Self {
                 $crate::http::error::ApiError::from(e).into()
             }
         }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed};
-use crate::service::{holds::HoldView, to_datetime};
+use service::{holds::HoldView, to_datetime};
 
 /// Lifecycle of a hold.
 #[derive(Debug, Enum)]

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use crate::service::Service;
+use service::Service;
 
 /// Shared by every handler.
 pub struct AppState {
@@ -155,7 +155,7 @@ async fn refuse_while_database_down<E: Endpoint>(next: E, req: Request) -> poem:
             .data::<State>()
             .is_some_and(|state| state.svc.db.is_down());
     if down {
-        let refused = crate::Error::Unavailable("the database is unreachable");
+        let refused = service::Error::Unavailable("the database is unreachable");
         return Ok(error::ApiError::from(refused).into_response());
     }
     next.call(req).await.map(IntoResponse::into_response)
@@ -231,7 +231,7 @@ async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let mut resp = if let Some(refused) = refused {
         refused
     } else if bad_key {
-        error::ApiError::from(crate::Error::validation(
+        error::ApiError::from(service::Error::validation(
             "Idempotency-Key",
             "must contain only visible ASCII characters",
         ))
@@ -254,7 +254,7 @@ async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let route = route_of(&path).map_or("other", |(template, _, _)| template.as_str());
     let status = resp.status().as_u16().to_string();
     let labels = [route, method_label(&method), status.as_str()];
-    let m = crate::metrics::metrics();
+    let m = service::metrics::metrics();
     m.http_requests.with_label_values(&labels).inc();
     m.http_latency
         .with_label_values(&labels)
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn committed_openapi_yaml_matches_the_code() {
         let committed = include_str!("../../../openapi.yaml");
-        let generated = super::spec::yaml(crate::config::DEFAULT_MAX_QTY_PER_HOLD);
+        let generated = super::spec::yaml(service::config::DEFAULT_MAX_QTY_PER_HOLD);
         assert!(
             committed == generated,
             "openapi.yaml is out of date: run `cargo run --bin flashsale-api -- openapi > openapi.yaml`"

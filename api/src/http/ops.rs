@@ -37,7 +37,7 @@ impl OpsApi {
     /// `flashsale_jobs_total` by job and result.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
     async fn metrics(&self, state: Data<&State>) -> PlainText<String> {
-        let m = crate::metrics::metrics();
+        let m = service::metrics::metrics();
         match state.svc.orders_by_status().await {
             Ok(counts) => {
                 for (status, n) in counts {

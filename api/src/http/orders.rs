@@ -9,7 +9,7 @@ use serde::Deserialize;
 use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed};
-use crate::service::{orders::OrderView, to_datetime};
+use service::{orders::OrderView, to_datetime};
 
 /// Lifecycle of an order.
 #[derive(Debug, Enum)]

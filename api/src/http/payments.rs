@@ -8,7 +8,7 @@ use serde::Deserialize;
 use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed, signature};
-use crate::service::payments::{PaymentEvent, WebhookBody, WebhookReply};
+use service::payments::{PaymentEvent, WebhookBody, WebhookReply};
 
 /// The payment's result.
 #[derive(Debug, Enum, Deserialize, Clone, Copy)]

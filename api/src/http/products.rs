@@ -9,9 +9,9 @@ use serde::Deserialize;
 use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors};
-use crate::{
+use service::{
     Error,
-    service::products::{NewProduct, ProductView},
+    products::{NewProduct, ProductView},
 };
 
 /// A product and the stock a new hold could take now.

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::Error;
+use service::Error;
 
 /// Largest distance between `t` and now that is accepted, in seconds.
 pub const TOLERANCE_SECS: i64 = 300;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use futures::future::join_all;
-use tests::{Backend, Reply, TestApp, TestDb, assert_audit, on_both_backends, setup};
+use testkit::{Backend, Reply, TestApp, TestDb, assert_audit, on_both_backends, setup};
 
 on_both_backends!(
     parallel_holds_never_oversell,

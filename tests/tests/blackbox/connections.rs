@@ -9,7 +9,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use tests::{Backend, TestApp, TestDb, eventually, setup, status_of};
+use testkit::{Backend, TestApp, TestDb, eventually, setup, status_of};
 
 /// Short timeouts, so that the tests see them pass (the request timeout must be longer
 /// than a hold request may wait for the database, five times `DB_WAIT_SECS`).

@@ -3,7 +3,7 @@
 
 use reqwest::Method;
 use serde_json::json;
-use tests::{ADMIN_TOKEN, Backend, assert_audit, on_both_backends, setup};
+use testkit::{ADMIN_TOKEN, Backend, assert_audit, on_both_backends, setup};
 
 on_both_backends!(
     product_is_served_with_its_stock_and_unknown_ids_are_404,

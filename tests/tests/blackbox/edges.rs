@@ -9,7 +9,7 @@ use std::{
 };
 
 use reqwest::Method;
-use tests::{Backend, TestDb, bin, on_both_backends, setup};
+use testkit::{Backend, TestDb, bin, on_both_backends, setup};
 
 on_both_backends!(
     docs_and_the_spec_refuse_other_methods_with_405,
@@ -134,7 +134,7 @@ async fn served_spec_states_the_configured_qty_maximum(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let app = tests::TestApp::spawn(&db, &[("MAX_QTY_PER_HOLD", "25")]).await;
+    let app = testkit::TestApp::spawn(&db, &[("MAX_QTY_PER_HOLD", "25")]).await;
     let spec = app.get("/openapi.json").await.body;
     let spec: serde_json::Value = match spec {
         serde_json::Value::String(s) => serde_json::from_str(&s).unwrap(),

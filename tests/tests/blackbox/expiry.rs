@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tests::{Backend, assert_audit, on_both_backends, setup};
+use testkit::{Backend, assert_audit, on_both_backends, setup};
 
 on_both_backends!(
     expired_hold_stock_is_available_at_once_and_it_cannot_be_ordered,

@@ -10,7 +10,7 @@ use std::{
 
 use reqwest::Method;
 use serde_json::json;
-use tests::{
+use testkit::{
     Backend, StuckWriter, TcpProxy, TestApp, TestDb, assert_audit, bin, eventually,
     on_both_backends, query_i64, setup,
 };

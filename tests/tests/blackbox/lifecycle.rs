@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use tests::{Backend, TestApp, TestDb, bin, query_i64};
+use testkit::{Backend, TestApp, TestDb, bin, query_i64};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_clean_stop_the_database_file_alone_holds_the_data() {

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use tests::bin;
+use testkit::bin;
 
 #[test]
 fn live_server_honours_openapi_yaml_under_schemathesis_and_the_python_sdk() {

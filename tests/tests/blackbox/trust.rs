@@ -12,7 +12,7 @@ use futures::future::join_all;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tests::{
+use testkit::{
     Backend, TcpProxy, TestApp, TestDb, assert_audit, bin, eventually, on_both_backends, setup,
     sweep,
 };

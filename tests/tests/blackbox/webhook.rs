@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 use serde_json::json;
-use tests::{Backend, TestApp, assert_audit, on_both_backends, setup, sign, unix_now};
+use testkit::{Backend, TestApp, assert_audit, on_both_backends, setup, sign, unix_now};
 
 on_both_backends!(
     paid_webhook_marks_a_pending_order_paid,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use tests::{
+use testkit::{
     Backend, TcpProxy, TestApp, TestDb, TestWorker, assert_audit, eventually, free_port,
     on_both_backends, setup, status_of, stored_status, sweep,
 };

@@ -1,5 +1,5 @@
-//! The rules of flashsale and every transaction that applies them. The HTTP layer and the
-//! worker both call into here, so both processes apply exactly the same rules.
+//! flashsale's rules and every transaction that applies them. The API and the worker both
+//! depend on this crate, so both processes apply exactly the same rules; it knows no HTTP.
 //!
 //! Lock order, the same in every transaction that takes more than one lock, so that two
 //! transactions can never wait on each other: product row, then hold row, then order row.
@@ -7,8 +7,13 @@
 
 pub mod audit;
 mod cache;
+pub mod config;
+pub mod db;
+pub mod error;
 pub mod hold_groups;
 pub mod holds;
+pub mod jobs;
+pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod products;
@@ -21,6 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::{config::RulesConfig, db::Db, jobs::JobQueue};
 
 pub use cache::ProductCache;
+pub use error::{Error, Result};
 
 /// Idempotency keys longer than this are refused.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;

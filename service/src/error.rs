@@ -68,7 +68,7 @@ impl Error {
 /// not be reached, went away, is shutting down or starting, or a lock or connection was
 /// not had in time), rather than that it refused it: the request may succeed later, so
 /// it is a 503. The transaction it ran in is rolled back either way.
-pub(crate) fn database_unavailable(e: &sea_orm::DbErr) -> bool {
+pub fn database_unavailable(e: &sea_orm::DbErr) -> bool {
     use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
     match e {
         DbErr::ConnectionAcquire(_) => true,

@@ -1,5 +1,5 @@
-//! The HTTP server's acceptor: connection timeouts, and no busy loop when the process runs
-//! out of file descriptors.
+//! What both flashsale binaries need to serve HTTP: the acceptor (connection timeouts, and
+//! no busy loop when the process runs out of file descriptors) and the shutdown signal.
 //!
 //! poem's `Server` does not expose hyper's `header_read_timeout` and retries a failed
 //! `accept` at once; so the acceptor does both jobs: every accepted connection is wrapped
@@ -214,4 +214,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
 }

@@ -23,9 +23,10 @@ use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use tokio::sync::watch;
 
-use crate::{
+use service::{
+    Service,
     jobs::{CheckPendingWebhook, ExpireHold, POLL_INTERVAL},
-    service::{Service, upkeep::Expiry},
+    upkeep::Expiry,
 };
 
 /// Heartbeat of each apalis worker; jobs of a worker silent for three beats (a killed
@@ -33,7 +34,7 @@ use crate::{
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const MISSED_HEARTBEATS: usize = 3;
 /// In-process retries of a failing job before apalis records the failure; the storage
-/// then re-runs it until [`crate::jobs::MAX_ATTEMPTS`].
+/// then re-runs it until [`service::jobs::MAX_ATTEMPTS`].
 const RETRIES: usize = 3;
 /// Restart backoff of a job worker whose backend failed: none for the first restart, then
 /// doubling from the minimum up to the maximum while no heartbeat succeeds in between.
@@ -106,7 +107,7 @@ fn backoff(failed: u32) -> Duration {
 }
 
 fn count(job: &str, result: &str) {
-    crate::metrics::metrics()
+    service::metrics::metrics()
         .jobs
         .with_label_values(&[job, result])
         .inc();
@@ -226,12 +227,12 @@ pub async fn run(
         }};
     }
     let monitor = match &svc.jobs {
-        crate::jobs::JobQueue::Sqlite { .. } => monitor!(
+        service::jobs::JobQueue::Sqlite { .. } => monitor!(
             SqliteStorage,
             apalis_sqlite::Config,
             svc.db.conn.get_sqlite_connection_pool()
         ),
-        crate::jobs::JobQueue::Postgres { .. } => monitor!(
+        service::jobs::JobQueue::Postgres { .. } => monitor!(
             PostgresStorage,
             apalis_postgres::Config,
             svc.db.conn.get_postgres_connection_pool()
