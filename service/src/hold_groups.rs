@@ -30,9 +30,10 @@ use tokio::sync::oneshot;
 
 use super::{
     Service,
-    holds::{HoldView, take_stock},
+    holds::HoldView,
+    locks::lock_product,
     now_ms,
-    products::{lock_product, reclaim_overdue_holds},
+    stock::{reclaim_overdue_holds, take_stock},
 };
 use crate::{Error, Result, metrics::metrics};
 

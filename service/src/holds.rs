@@ -8,15 +8,16 @@ use entity::{
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
-    sea_query::{Expr, ExprTrait},
 };
 
 use super::{
     Service,
     cache::Ticket,
-    is_unique_violation, now_ms,
-    products::{lock_product, reclaim_overdue_holds},
-    request_hash, validate_idempotency_key,
+    is_unique_violation,
+    locks::lock_product,
+    now_ms, request_hash,
+    stock::{reclaim_overdue_holds, take_stock},
+    validate_idempotency_key,
 };
 use crate::{Error, Result, db::WriteTxn, metrics::metrics};
 
@@ -260,24 +261,6 @@ async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<
         .one(conn)
         .await?;
     Ok(next.flatten())
-}
-
-/// `available -= qty` if at least `qty` is available; `false` when not (or no such product).
-pub(super) async fn take_stock(
-    conn: &impl ConnectionTrait,
-    product_id: i64,
-    qty: i64,
-) -> Result<bool> {
-    let res = product::Entity::update_many()
-        .col_expr(
-            product::Column::Available,
-            Expr::col(product::Column::Available).sub(qty),
-        )
-        .filter(product::Column::Id.eq(product_id))
-        .filter(product::Column::Available.gte(qty))
-        .exec(conn)
-        .await?;
-    Ok(res.rows_affected == 1)
 }
 
 /// The earlier answer for `key`, or 409 when it was made for a different request.

@@ -13,10 +13,12 @@ pub mod error;
 pub mod hold_groups;
 pub mod holds;
 pub mod jobs;
+pub mod locks;
 pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod stock;
 pub mod upkeep;
 
 use std::sync::Arc;
@@ -54,46 +56,6 @@ impl Service {
 
     fn hold_ttl_ms(&self) -> i64 {
         i64::try_from(self.rules.hold_ttl_secs).expect("bounded by config") * 1000
-    }
-
-    /// Begins a write transaction holding what a change to hold `hold_id` needs, locked in
-    /// the global order: its product's row, then the hold's. `None`: no such hold.
-    async fn begin_on_hold(
-        &self,
-        hold_id: i64,
-    ) -> crate::Result<Option<(crate::db::WriteTxn, entity::hold::Model)>> {
-        self.begin_on_hold_if(hold_id, |_| true)
-            .await
-            .map(|found| found.map(|(txn, h, _)| (txn, h)))
-    }
-
-    /// [`begin_on_hold`](Self::begin_on_hold), locking the product only when
-    /// `needs_product` says so of the hold as read before the locks. A change that cannot
-    /// touch stock skips the product row, which every hold of a hot product contends for;
-    /// taking only the hold's lock keeps to the global order. The third value says whether
-    /// the product is locked.
-    async fn begin_on_hold_if(
-        &self,
-        hold_id: i64,
-        needs_product: impl Fn(&entity::hold::Model) -> bool,
-    ) -> crate::Result<Option<(crate::db::WriteTxn, entity::hold::Model, bool)>> {
-        use entity::hold;
-        use sea_orm::{EntityTrait, QuerySelect, sea_query::LockType};
-        // A hold's product never changes, so it can be read before the locks.
-        let Some(h) = hold::Entity::find_by_id(hold_id).one(&self.db.conn).await? else {
-            return Ok(None);
-        };
-        let product_locked = needs_product(&h);
-        let txn = self.db.begin_write().await?;
-        if product_locked {
-            products::lock_product(&*txn, h.product_id).await?;
-        }
-        let h = hold::Entity::find_by_id(hold_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?
-            .expect("holds are never deleted");
-        Ok(Some((txn, h, product_locked)))
     }
 
     /// Commits `txn`. `changed`: the product whose public view it changed (stock, or a

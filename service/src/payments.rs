@@ -14,7 +14,10 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Service, holds::is_overdue, is_unique_violation, now_ms, products::release_stock, request_hash,
+    Service,
+    holds::is_overdue,
+    is_unique_violation, now_ms, request_hash,
+    stock::{expire_hold, release_stock},
     validate_idempotency_key,
 };
 use crate::{Error, Result, metrics::metrics};
@@ -372,22 +375,6 @@ pub(super) async fn record_outcomes(
             .await?;
     }
     Ok(())
-}
-
-/// Marks an overdue hold expired and gives its units back.
-pub(super) async fn expire_hold(conn: &impl ConnectionTrait, h: &hold::Model) -> Result<()> {
-    let res = hold::Entity::update_many()
-        .col_expr(
-            hold::Column::Status,
-            Expr::value(HoldStatus::Expired.to_value()),
-        )
-        .filter(hold::Column::Id.eq(h.id))
-        .filter(hold::Column::Status.eq(HoldStatus::Active))
-        .exec(conn)
-        .await?;
-    assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
-    metrics().holds.with_label_values(&["expired"]).inc();
-    release_stock(conn, h.product_id, h.qty).await
 }
 
 /// Records that the customer paid: the hold stops expiring.

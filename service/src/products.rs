@@ -1,16 +1,9 @@
-//! Products: creation, the cached public view, and giving back the stock of overdue holds.
+//! Products: creation and the cached public view.
 
 use std::time::Instant;
 
-use entity::{
-    hold::{self, HoldStatus},
-    product,
-};
-use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, QuerySelect, Set,
-    sea_query::{Alias, Expr, ExprTrait, Func},
-};
+use entity::product;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Set};
 
 use super::{Service, now_ms};
 use crate::{Error, Result};
@@ -135,7 +128,7 @@ pub async fn load_product_view(
     let Some(p) = product::Entity::find_by_id(id).one(conn).await? else {
         return Ok(None);
     };
-    let overdue = overdue_hold_qty(conn, id, now_ms).await?;
+    let overdue = crate::stock::overdue_hold_qty(conn, id, now_ms).await?;
     Ok(Some(ProductView {
         available_stock: p.available + overdue,
         id: p.id,
@@ -143,111 +136,4 @@ pub async fn load_product_view(
         price_cents: p.price_cents,
         total_stock: p.total_stock,
     }))
-}
-
-/// Conditions of a hold that still says `active` but reserves nothing any more.
-fn overdue_holds(product_id: i64, now_ms: i64) -> sea_orm::Condition {
-    sea_orm::Condition::all()
-        .add(hold::Column::ProductId.eq(product_id))
-        .add(hold::Column::Status.eq(HoldStatus::Active))
-        .add(hold::Column::ExpiresAtMs.lte(now_ms))
-        .add(hold::Column::PaidAtMs.is_null())
-}
-
-/// Units held by overdue holds of `product_id`.
-async fn overdue_hold_qty(
-    conn: &impl ConnectionTrait,
-    product_id: i64,
-    now_ms: i64,
-) -> Result<i64> {
-    // SUM(bigint) is NUMERIC on PostgreSQL: cast it back so it decodes as i64 on both back ends.
-    let sum = Expr::from(Func::cast_as(
-        Func::sum(Expr::col(hold::Column::Qty)),
-        Alias::new("BIGINT"),
-    ));
-    let total: Option<Option<i64>> = hold::Entity::find()
-        .select_only()
-        .column_as(sum, "qty")
-        .filter(overdue_holds(product_id, now_ms))
-        .into_tuple()
-        .one(conn)
-        .await?;
-    Ok(total.flatten().unwrap_or(0))
-}
-
-/// Marks the overdue holds of `product_id` expired and returns their units to `available`.
-/// Returns the units given back. The caller must already hold the product's row lock
-/// (lock order: product before holds).
-pub async fn reclaim_overdue_holds(
-    conn: &impl ConnectionTrait,
-    product_id: i64,
-    now_ms: i64,
-) -> Result<i64> {
-    reclaim(conn, product_id, overdue_holds(product_id, now_ms)).await
-}
-
-/// [`reclaim_overdue_holds`] for the holds `hold_ids` of `product_id` only.
-pub async fn reclaim_overdue_holds_among(
-    conn: &impl ConnectionTrait,
-    product_id: i64,
-    hold_ids: &[i64],
-    now_ms: i64,
-) -> Result<i64> {
-    let among = overdue_holds(product_id, now_ms).add(hold::Column::Id.is_in(hold_ids.to_vec()));
-    reclaim(conn, product_id, among).await
-}
-
-/// Marks the holds matching `overdue` expired and gives their units back.
-async fn reclaim(
-    conn: &impl ConnectionTrait,
-    product_id: i64,
-    overdue: sea_orm::Condition,
-) -> Result<i64> {
-    let reclaimed = hold::Entity::update_many()
-        .col_expr(
-            hold::Column::Status,
-            Expr::value(HoldStatus::Expired.to_value()),
-        )
-        .filter(overdue)
-        .exec_with_returning(conn)
-        .await?;
-    let units: i64 = reclaimed.iter().map(|h| h.qty).sum();
-    crate::metrics::metrics()
-        .holds
-        .with_label_values(&["expired"])
-        .inc_by(reclaimed.len() as u64);
-    if units > 0 {
-        release_stock(conn, product_id, units).await?;
-    }
-    Ok(units)
-}
-
-/// Gives `units` back to product `product_id`'s available stock.
-pub async fn release_stock(conn: &impl ConnectionTrait, product_id: i64, units: i64) -> Result<()> {
-    assert!(units > 0, "release of {units} units");
-    let res = product::Entity::update_many()
-        .col_expr(
-            product::Column::Available,
-            Expr::col(product::Column::Available).add(units),
-        )
-        .filter(product::Column::Id.eq(product_id))
-        .exec(conn)
-        .await?;
-    assert_eq!(res.rows_affected, 1, "product {product_id} vanished");
-    Ok(())
-}
-
-/// Locks product `id`'s row (NO KEY UPDATE: foreign-key checks of concurrent inserts
-/// take KEY SHARE, which FOR UPDATE would block) and returns it; `None`: no such product.
-/// Every transaction that locks a product takes this lock first (the global lock order:
-/// product, hold, order). On SQLite the transaction's write lock already covers it.
-pub(super) async fn lock_product(
-    conn: &impl ConnectionTrait,
-    id: i64,
-) -> Result<Option<product::Model>> {
-    use sea_orm::{QuerySelect, sea_query::LockType};
-    Ok(product::Entity::find_by_id(id)
-        .lock(LockType::NoKeyUpdate)
-        .one(conn)
-        .await?)
 }

@@ -17,9 +17,10 @@ use sea_orm::{
 use super::{
     Service,
     holds::is_overdue,
+    locks::lock_product,
     now_ms,
-    payments::{Candidate, expire_hold, finish_order, record_outcomes, settle, unapplied_payments},
-    products::{lock_product, reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
+    payments::{Candidate, finish_order, record_outcomes, settle, unapplied_payments},
+    stock::{expire_hold, reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
 };
 use crate::Result;
 
