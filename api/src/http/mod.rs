@@ -1,274 +1,28 @@
-//! The HTTP surface: one `#[OpenApi]` struct per tag with thin handlers, the error mapping,
-//! and the middleware every request passes (body limit, request id, one log line).
+//! The HTTP surface: one `#[OpenApi]` struct per tag with thin handlers (`holds`, `orders`,
+//! `payments`, `products`, `ops`), the one error mapping (`error`), the shared state
+//! (`state`), the middleware every request passes (`middleware`), the route table
+//! (`routes`) and the served OpenAPI document (`spec`).
 
 pub mod body;
 pub mod error;
 mod holds;
+pub mod middleware;
 mod ops;
 mod orders;
 mod payments;
 mod products;
+pub mod routes;
 pub mod signature;
 pub mod spec;
+pub mod state;
 
-use std::{sync::Arc, time::Instant};
-
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, http::HeaderValue};
-use poem_openapi::{OpenApiService, Tags};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tracing::Instrument;
-
-use service::Service;
-
-/// Shared by every handler.
-pub struct AppState {
-    pub svc: Service,
-    /// SHA-256 of `ADMIN_TOKEN`; `None` disables the admin API.
-    admin_token_hash: Option<[u8; 32]>,
-    pub webhook_secrets: Vec<String>,
-}
-
-pub type State = Arc<AppState>;
-
-impl AppState {
-    pub fn new(svc: Service, admin_token: Option<&str>, webhook_secrets: Vec<String>) -> Self {
-        Self {
-            svc,
-            admin_token_hash: admin_token
-                .filter(|t| !t.is_empty())
-                .map(|t| Sha256::digest(t).into()),
-            webhook_secrets,
-        }
-    }
-
-    /// Compares in constant time; hashing first hides the token's length too.
-    fn admin_token_matches(&self, presented: &str) -> bool {
-        let Some(expected) = &self.admin_token_hash else {
-            return false;
-        };
-        let presented: [u8; 32] = Sha256::digest(presented).into();
-        presented.ct_eq(expected).into()
-    }
-}
-
-#[derive(Tags)]
-enum ApiTags {
-    /// Products and their available stock.
-    Products,
-    /// Reserving stock.
-    Holds,
-    /// Turning holds into orders.
-    Orders,
-    /// The payment provider's webhook.
-    Payments,
-    /// Health and readiness probes.
-    Operations,
-}
+pub(crate) use routes::ApiTags;
+pub use routes::{openapi, routes};
+pub use state::{AppState, State};
 
 /// The `Idempotent-Replayed` header value.
 fn replayed(yes: bool) -> Option<String> {
     yes.then(|| "true".to_owned())
-}
-
-/// The OpenAPI service of the whole API (it needs no state: handlers get it as data).
-pub fn openapi() -> OpenApiService<
-    (
-        products::ProductsApi,
-        holds::HoldsApi,
-        orders::OrdersApi,
-        payments::PaymentsApi,
-        ops::OpsApi,
-    ),
-    (),
-> {
-    OpenApiService::new(
-        (
-            products::ProductsApi,
-            holds::HoldsApi,
-            orders::OrdersApi,
-            payments::PaymentsApi,
-            ops::OpsApi,
-        ),
-        "flashsale",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description("Checkout back end for flash sales: holds, orders and payment webhooks that never oversell.")
-}
-
-/// Every route of the server.
-pub fn routes(state: State) -> impl Endpoint<Output = Response> {
-    spec::serve(Route::new(), state.svc.rules.max_qty_per_hold)
-        .nest("/", openapi())
-        .around(refuse_while_database_down)
-        .data(state)
-        .catch_all_error(error::catch_all)
-        .around(observe)
-}
-
-/// The OpenAPI path template serving `path` and its methods, read from the OpenAPI
-/// document; `None` for paths outside it (`/docs`, `/openapi.yaml`, unknown routes).
-fn route_of(path: &str) -> Option<&'static (String, Vec<String>, String)> {
-    static TABLE: std::sync::OnceLock<Vec<(String, Vec<String>, String)>> =
-        std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let spec: serde_json::Value =
-            serde_json::from_str(&openapi().spec()).expect("the spec is JSON");
-        spec["paths"]
-            .as_object()
-            .expect("the spec has paths")
-            .iter()
-            .map(|(template, ops)| {
-                let segments = template.split('/').map(str::to_owned).collect();
-                let template = template.clone();
-                let methods = ops
-                    .as_object()
-                    .expect("path item")
-                    .keys()
-                    .map(|m| m.to_ascii_uppercase())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                (template, segments, methods)
-            })
-            .collect()
-    });
-    let segments: Vec<&str> = path.split('/').collect();
-    table.iter().find(|(_, template, _)| {
-        template.len() == segments.len()
-            && template
-                .iter()
-                .zip(&segments)
-                .all(|(t, s)| t.starts_with('{') || t == s)
-    })
-}
-
-/// The methods served at `path` (paths outside the OpenAPI document serve GET only).
-fn allowed_methods(path: &str) -> &'static str {
-    route_of(path).map_or("GET", |(_, _, methods)| methods.as_str())
-}
-
-/// Answers API requests 503 at once while the database is known to be unreachable,
-/// rather than letting each wait for a connection until the pool gives up.
-async fn refuse_while_database_down<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let down = req.uri().path().starts_with("/api/")
-        && req
-            .data::<State>()
-            .is_some_and(|state| state.svc.db.is_down());
-    if down {
-        let refused = service::Error::Unavailable("the database is unreachable");
-        return Ok(error::ApiError::from(refused).into_response());
-    }
-    next.call(req).await.map(IntoResponse::into_response)
-}
-
-/// Longest request target (path and query) served, in bytes; longer gets 414.
-pub const MAX_URI_BYTES: usize = 8 * 1024;
-
-/// Most bytes of header names and values served; more gets 431.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// The methods counted under their own name in metrics; any other is counted as `OTHER`,
-/// so made-up methods cannot add label values.
-const LABELLED_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
-
-fn method_label(method: &poem::http::Method) -> &'static str {
-    LABELLED_METHODS
-        .into_iter()
-        .find(|m| *m == method.as_str())
-        .unwrap_or("OTHER")
-}
-
-/// The answer to a request refused on its size alone, before it is routed. (The HTTP
-/// stack refuses still larger requests, and bad framing, itself: see SECURITY.md.)
-fn refuse_by_size(req: &Request) -> Option<Response> {
-    use poem::http::StatusCode;
-    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if uri_len > MAX_URI_BYTES {
-        return Some(error::error_response(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("the request target exceeds {MAX_URI_BYTES} bytes"),
-        ));
-    }
-    let header_len: usize = req
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
-    if header_len > MAX_HEADER_BYTES {
-        return Some(error::error_response(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            format!("the request headers exceed {MAX_HEADER_BYTES} bytes"),
-        ));
-    }
-    let too_large = req
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|len| len > body::MAX_BODY_BYTES);
-    too_large.then(|| error::ApiError::payload_too_large().into_response())
-}
-
-/// Refuses oversized requests up front, tags the request with an id (the client's
-/// `X-Request-Id` when it is sane), and logs one line when it is answered.
-async fn observe<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let request_id = req
-        .header("x-request-id")
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-    let method = req.method().clone();
-    // Bounded, so that a long target does not end up whole in the log line either.
-    let path: String = req.uri().path().chars().take(256).collect();
-    let span = tracing::info_span!("request", request_id = %request_id);
-    let started = Instant::now();
-    let refused = refuse_by_size(&req);
-    // A key that is not text would look absent to the typed header: refuse it here, or a
-    // retry carrying it would reserve twice.
-    let bad_key = req
-        .headers()
-        .get("idempotency-key")
-        .is_some_and(|v| v.to_str().is_err());
-    let mut resp = if let Some(refused) = refused {
-        refused
-    } else if bad_key {
-        error::ApiError::from(service::Error::validation(
-            "Idempotency-Key",
-            "must contain only visible ASCII characters",
-        ))
-        .into_response()
-    } else {
-        match next.call(req).instrument(span.clone()).await {
-            Ok(r) => r.into_response(),
-            Err(e) => error::catch_all(e).await,
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
-        && let Ok(v) = HeaderValue::from_str(allowed_methods(&path))
-    {
-        // RFC 9110: a 405 lists the methods the resource does support.
-        resp.headers_mut().insert("allow", v);
-    }
-    let route = route_of(&path).map_or("other", |(template, _, _)| template.as_str());
-    let status = resp.status().as_u16().to_string();
-    let labels = [route, method_label(&method), status.as_str()];
-    let m = service::metrics::metrics();
-    m.http_requests.with_label_values(&labels).inc();
-    m.http_latency
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    span.in_scope(|| {
-        tracing::info!(
-            %method,
-            %path,
-            status = resp.status().as_u16(),
-            latency_us = started.elapsed().as_micros() as u64,
-            "request"
-        );
-    });
-    Ok(resp)
 }
 
 #[cfg(test)]
