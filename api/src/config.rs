@@ -17,12 +17,15 @@ pub enum ApiCommand {
 #[derive(Parser, Clone, Debug)]
 #[command(name = "flashsale-api", version, about = "flashsale checkout HTTP API")]
 pub struct Config {
+    /// What to do; serving is the default.
     #[command(subcommand)]
     pub command: Option<ApiCommand>,
 
+    /// Where the data lives.
     #[command(flatten)]
     pub database: DatabaseConfig,
 
+    /// The business rules.
     #[command(flatten)]
     pub rules: RulesConfig,
 
@@ -43,6 +46,7 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// The worker's schedule, for `--with-worker`.
     #[command(flatten)]
     pub worker: WorkerConfig,
 

@@ -71,6 +71,7 @@ impl App {
         })
     }
 
+    /// The address the server listens on (the port picked, when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

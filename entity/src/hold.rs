@@ -7,22 +7,31 @@ use sea_orm::entity::prelude::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum HoldStatus {
+    /// Reserves its units until `expires_at_ms`.
     #[sea_orm(string_value = "active")]
     Active,
+    /// Its units belong to its order now.
     #[sea_orm(string_value = "ordered")]
     Ordered,
+    /// Its units went back to the product.
     #[sea_orm(string_value = "expired")]
     Expired,
 }
 
+/// A row of `holds`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "holds")]
 pub struct Model {
+    /// The hold's id.
     #[sea_orm(primary_key)]
     pub id: i64,
+    /// The product it reserves units of.
     pub product_id: i64,
+    /// Units reserved.
     pub qty: i64,
+    /// Where it is in its lifecycle.
     pub status: HoldStatus,
+    /// When it stops reserving, unless ordered or paid first.
     pub expires_at_ms: i64,
     /// Set when a `paid` payment was recorded before the order existed: the hold no longer expires.
     pub paid_at_ms: Option<i64>,
@@ -30,11 +39,14 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     /// Hash of the request that created the hold, to detect a key reused with another body.
     pub request_hash: Option<String>,
+    /// When it was made.
     pub created_at_ms: i64,
 }
 
+/// The product a hold belongs to.
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {
+    /// The hold's product.
     #[sea_orm(
         belongs_to = "super::product::Entity",
         from = "Column::ProductId",

@@ -2,11 +2,14 @@
 
 use sea_orm::entity::prelude::*;
 
+/// What the payment provider says happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum PaymentStatus {
+    /// The customer paid.
     #[sea_orm(string_value = "paid")]
     Paid,
+    /// The payment failed.
     #[sea_orm(string_value = "failed")]
     Failed,
 }
@@ -26,26 +29,37 @@ pub enum PaymentOutcome {
     RefundRequired,
 }
 
+/// A row of `payments`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "payments")]
 pub struct Model {
+    /// The provider's key of the event.
     #[sea_orm(primary_key, auto_increment = false)]
     pub idempotency_key: String,
+    /// The hold the event is about.
     pub hold_id: i64,
+    /// What the event says.
     pub status: PaymentStatus,
+    /// Hash of the event's fields, to detect a key reused with another event.
     pub request_hash: String,
     /// HTTP status of the first answer, replayed for retries.
     pub response_status: i32,
     /// JSON body of the first answer, replayed for retries.
     pub response_body: String,
+    /// What it did, once applied.
     pub outcome: Option<PaymentOutcome>,
+    /// The order it was applied to.
     pub order_id: Option<i64>,
+    /// When it was applied.
     pub applied_at_ms: Option<i64>,
+    /// When it was received.
     pub created_at_ms: i64,
 }
 
+/// The hold a payment is about.
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {
+    /// The payment's hold.
     #[sea_orm(
         belongs_to = "super::hold::Entity",
         from = "Column::HoldId",

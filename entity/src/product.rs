@@ -4,20 +4,29 @@
 
 use sea_orm::entity::prelude::*;
 
+/// A row of `products`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "products")]
 pub struct Model {
+    /// The product's id.
     #[sea_orm(primary_key)]
     pub id: i64,
+    /// Its name, as shown.
     pub name: String,
+    /// Price of one unit in cents.
     pub price_cents: i64,
+    /// Units it has in all: available, held and ordered.
     pub total_stock: i64,
+    /// Units no hold or order has taken.
     pub available: i64,
+    /// When it was created.
     pub created_at_ms: i64,
 }
 
+/// The holds of a product.
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {
+    /// Its holds.
     #[sea_orm(has_many = "super::hold::Entity")]
     Hold,
 }

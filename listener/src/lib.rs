@@ -59,6 +59,7 @@ pub struct TimedAcceptor<A> {
 }
 
 impl<A> TimedAcceptor<A> {
+    /// Wraps `inner`, applying `timeouts` to every connection it accepts.
     pub fn new(inner: A, timeouts: ConnectionTimeouts) -> Self {
         Self { inner, timeouts }
     }
