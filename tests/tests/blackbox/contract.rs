@@ -320,7 +320,7 @@ async fn idempotency_key_replays_the_same_hold_and_refuses_another_body(backend:
 async fn order_is_created_once_and_retries_return_it(backend: Backend) {
     let (db, app) = setup!(backend);
     let product = app.create_product(10, 1250).await;
-    let hold = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 3).await.hold_id;
     let created = app.order(hold).await;
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(created.body["status"], "pending");

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use client::types::Hold;
 use futures::future::join_all;
 use testkit::{
     Backend, TcpProxy, TestApp, TestDb, TestWorker, assert_audit, eventually, free_port,
@@ -34,10 +35,10 @@ async fn paid_webhook_before_the_order_makes_the_order_paid_once_it_exists(backe
     let (db, app) = setup!(backend);
     let _worker = TestWorker::spawn(&db.url, &[]);
     let product = app.create_product(10, 100).await;
-    let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 2).await.hold_id;
     let early = app.webhook("early-paid", hold, "paid").await;
     assert_eq!(early.status, 202);
-    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let order = app.order_ok(hold).await.id;
     assert!(
         eventually(WITHIN, || async {
             order_status(&app, order).await == "paid"
@@ -58,12 +59,12 @@ async fn failed_webhook_before_the_order_cancels_it_and_returns_the_stock_once(b
     let env = [("HOLD_TTL_SECS", "1")];
     let _worker = TestWorker::spawn(&db.url, &env);
     let product = app.create_product(10, 100).await;
-    let hold = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 3).await.hold_id;
     assert_eq!(
         app.webhook("early-failed", hold, "failed").await.status,
         202
     );
-    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let order = app.order_ok(hold).await.id;
     assert!(
         eventually(WITHIN, || async {
             order_status(&app, order).await == "cancelled"
@@ -88,15 +89,13 @@ async fn paid_hold_outlives_its_ttl_and_becomes_a_paid_order_with_the_worker_run
     let (db, app) = setup!(backend, &env);
     let _worker = TestWorker::spawn(&db.url, &env);
     let product = app.create_product(4, 100).await;
-    let hold = app.hold(product, 4).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 4).await.hold_id;
     assert_eq!(app.webhook("paid-first", hold, "paid").await.status, 202);
     // Well past the TTL, with ExpireHold due and sweeps running.
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(stored_status(&db.url, "holds", hold).await, "active");
     assert_eq!(app.available(product).await, 0);
-    let order = app.order(hold).await;
-    assert_eq!(order.status, 201, "{}", order.body);
-    let order = order.body["id"].as_i64().unwrap();
+    let order = app.order_ok(hold).await.id;
     assert!(
         eventually(WITHIN, || async {
             order_status(&app, order).await == "paid"
@@ -112,7 +111,7 @@ async fn holds_expire_to_expired_with_the_worker_and_with_the_sweep_command(back
     let product = app.create_product(10, 100).await;
     // With the worker running, its ExpireHold jobs do it (the sweep is an hour away).
     let worker = TestWorker::spawn(&db.url, &env);
-    let first = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let first = app.hold_ok(product, 2).await.hold_id;
     let db_url = db.url.clone();
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -124,7 +123,7 @@ async fn holds_expire_to_expired_with_the_worker_and_with_the_sweep_command(back
     );
     assert!(worker.terminate(), "SIGTERM: the worker exits cleanly");
     // With the worker stopped, the one-shot sweep does it.
-    let second = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
+    let second = app.hold_ok(product, 3).await.hold_id;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(stored_status(&db.url, "holds", second).await, "active");
     let out = sweep(&db.url, &env);
@@ -144,8 +143,8 @@ async fn unpaid_order_past_its_payment_ttl_is_cancelled_and_its_stock_returned(b
     let (db, app) = setup!(backend, &env);
     let _worker = TestWorker::spawn(&db.url, &env);
     let product = app.create_product(5, 100).await;
-    let hold = app.hold(product, 5).await.body["hold_id"].as_i64().unwrap();
-    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 5).await.hold_id;
+    let order = app.order_ok(hold).await.id;
     assert!(
         eventually(Duration::from_secs(10), || async {
             order_status(&app, order).await == "cancelled"
@@ -173,7 +172,8 @@ async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(
     let holds: Vec<i64> = join_all((0..60).map(|_| app.hold(product, 1)))
         .await
         .iter()
-        .filter_map(|r| r.body["hold_id"].as_i64())
+        .filter(|r| r.status == 201)
+        .map(|r| r.json::<Hold>().hold_id)
         .collect();
     assert_eq!(holds.len(), 40);
     let verdict = |i: usize| {
@@ -204,8 +204,7 @@ async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(
         early.iter().all(|r| r.status == 202),
         "early events are recorded"
     );
-    let orders = join_all(holds.iter().map(|&h| app.order(h))).await;
-    assert!(orders.iter().all(|r| r.status == 201));
+    let orders = join_all(holds.iter().map(|&h| app.order_ok(h))).await;
     let late = deliver(1).await;
     assert!(
         late.iter().all(|r| r.status == 200),
@@ -214,9 +213,9 @@ async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(
     let expected: Vec<(i64, &str)> = orders
         .iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, order)| {
             (
-                r.body["id"].as_i64().unwrap(),
+                order.id,
                 if verdict(i) == "paid" {
                     "paid"
                 } else {
@@ -256,21 +255,21 @@ async fn killed_worker_loses_no_job_and_two_workers_double_nothing(backend: Back
     let env = [("HOLD_TTL_SECS", "1"), ("SWEEP_INTERVAL_SECS", "3600")];
     let (db, app) = setup!(backend, &env);
     let product = app.create_product(30, 100).await;
-    let expiring: Vec<i64> = join_all((0..10).map(|_| app.hold(product, 1)))
+    let expiring: Vec<i64> = join_all((0..10).map(|_| app.hold_ok(product, 1)))
         .await
         .iter()
-        .map(|r| r.body["hold_id"].as_i64().unwrap())
+        .map(|h| h.hold_id)
         .collect();
     let mut orders = Vec::new();
     for i in 0..10 {
-        let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+        let hold = app.hold_ok(product, 2).await.hold_id;
         assert_eq!(
             app.webhook(&format!("kill-{i}"), hold, "failed")
                 .await
                 .status,
             202
         );
-        orders.push(app.order(hold).await.body["id"].as_i64().unwrap());
+        orders.push(app.order_ok(hold).await.id);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let doomed = TestWorker::spawn(&db.url, &env);
@@ -317,11 +316,9 @@ async fn early_payment_is_applied(
     key: &str,
     within: Duration,
 ) -> bool {
-    let hold = app.hold(product, 1).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 1).await.hold_id;
     assert_eq!(app.webhook(key, hold, "paid").await.status, 202);
-    let order = app.order(hold).await;
-    assert_eq!(order.status, 201, "{}", order.body);
-    let order = order.body["id"].as_i64().unwrap();
+    let order = app.order_ok(hold).await.id;
     eventually(within, || async {
         order_status(app, order).await == "paid"
     })
