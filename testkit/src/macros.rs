@@ -1,5 +1,5 @@
-//! The two macros every black-box test file starts from: one test per back end, and a
-//! fresh database with the API running on it.
+//! The macros black-box test files start from: one test per back end, and a fresh
+//! database with the API running on it (directly, or through a proxy that can be cut).
 
 /// Declares each listed `async fn name(backend: Backend)` as a test on SQLite and on PostgreSQL.
 #[macro_export]
@@ -37,5 +37,19 @@ macro_rules! setup {
         };
         let app = $crate::TestApp::spawn(&db, $env).await;
         (db, app)
+    }};
+}
+
+/// Like [`setup!`] on PostgreSQL, with the API reaching its database through a
+/// [`TcpProxy`](crate::TcpProxy) the test can cut: `(db, proxy, app)`.
+#[macro_export]
+macro_rules! setup_via_proxy {
+    ($env:expr) => {{
+        let Some(db) = $crate::TestDb::new($crate::Backend::Postgres).await else {
+            return;
+        };
+        let (proxy, via_proxy) = $crate::TcpProxy::in_front_of(&db.url).await;
+        let app = $crate::TestApp::spawn_url(&via_proxy, $env).await;
+        (db, proxy, app)
     }};
 }

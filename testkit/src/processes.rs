@@ -1,13 +1,18 @@
 //! `flashsale-worker` as the tests run it: the long-running `run` as a child process, and
 //! the one-shot `sweep` and `audit` commands.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::{
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
 
-use crate::bin;
+use crate::{bin, eventually, free_port, status_of};
 
 /// A running `flashsale-worker run`, killed (SIGKILL) on drop.
 pub struct TestWorker {
     child: Child,
+    /// Where its metrics server listens (`METRICS_BIND`), when the test gave it one.
+    metrics_bind: Option<String>,
 }
 
 impl TestWorker {
@@ -20,7 +25,29 @@ impl TestWorker {
         cmd.envs(env.iter().copied());
         Self {
             child: cmd.spawn().expect("spawn flashsale-worker"),
+            metrics_bind: None,
         }
+    }
+
+    /// Like [`spawn`](Self::spawn), with its metrics server (and `/ready`) on a free
+    /// loopback port, for [`ready_turns`](Self::ready_turns).
+    pub fn spawn_with_metrics(db_url: &str, env: &[(&str, &str)]) -> Self {
+        let bind = format!("127.0.0.1:{}", free_port());
+        let mut env = env.to_vec();
+        env.push(("METRICS_BIND", &bind));
+        let mut worker = Self::spawn(db_url, &env);
+        worker.metrics_bind = Some(bind);
+        worker
+    }
+
+    /// Whether the worker's `GET /ready` answers `status` within `within`.
+    pub async fn ready_turns(&self, status: u16, within: Duration) -> bool {
+        let bind = self
+            .metrics_bind
+            .as_ref()
+            .expect("a worker started with spawn_with_metrics");
+        let ready = format!("http://{bind}/ready");
+        eventually(within, || async { status_of(&ready).await == status }).await
     }
 
     /// SIGKILL: the process gets no chance to finish anything.

@@ -19,12 +19,25 @@ on_both_backends!(
     orders_webhooks_and_holds_racing_on_one_product_never_fail,
 );
 
+/// How many answers had each status.
 fn count_statuses(replies: &[Reply]) -> BTreeMap<u16, usize> {
     let mut counts = BTreeMap::new();
     for r in replies {
         *counts.entry(r.status.as_u16()).or_default() += 1;
     }
     counts
+}
+
+/// Asserts that every answer has one of `statuses`, showing how many had each if not.
+#[track_caller]
+fn assert_statuses(replies: &[Reply], statuses: &[u16]) {
+    assert!(
+        replies
+            .iter()
+            .all(|r| statuses.contains(&r.status.as_u16())),
+        "{:?}",
+        count_statuses(replies)
+    );
 }
 
 async fn parallel_holds_never_oversell(backend: Backend) {
@@ -149,11 +162,7 @@ async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) 
     let (db, app) = setup!(backend);
     let product = app.create_product(50, 100).await;
     let replies = join_all((0..20).map(|_| app.hold_with_key(product, 3, "same-key"))).await;
-    assert!(
-        replies.iter().all(|r| r.status == 201),
-        "{:?}",
-        count_statuses(&replies)
-    );
+    assert_statuses(&replies, &[201]);
     let ids: HashSet<i64> = replies.iter().map(|r| r.json::<Hold>().hold_id).collect();
     assert_eq!(ids.len(), 1);
     assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1);
@@ -163,11 +172,7 @@ async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) 
     // refusals for lack of stock.
     let scarce = app.create_product(3, 100).await;
     let replies = join_all((0..20).map(|_| app.hold_with_key(scarce, 3, "last-units"))).await;
-    assert!(
-        replies.iter().all(|r| r.status == 201),
-        "{:?}",
-        count_statuses(&replies)
-    );
+    assert_statuses(&replies, &[201]);
     assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1);
     assert_eq!(app.available(scarce).await, 0);
     assert_audit(&db.url);
@@ -182,11 +187,7 @@ async fn parallel_duplicate_webhooks_apply_exactly_once(backend: Backend) {
     let hold = app.hold_ok(product, 4).await.hold_id;
     let order = app.order_ok(hold).await.id;
     let replies = join_all((0..20).map(|_| app.webhook("dup-evt", hold, "failed"))).await;
-    assert!(
-        replies.iter().all(|r| r.status == 200),
-        "{:?}",
-        count_statuses(&replies)
-    );
+    assert_statuses(&replies, &[200]);
     assert_eq!(
         replies.iter().filter(|r| !r.replayed()).count(),
         1,
@@ -278,21 +279,9 @@ async fn orders_webhooks_and_holds_racing_on_one_product_never_fail(backend: Bac
     }));
     let refused = join_all((0..60).map(|_| app.hold(product, 1)));
     let (orders, payments, refused) = tokio::join!(orders, payments, refused);
-    assert!(
-        orders.iter().all(|r| r.status == 201),
-        "{:?}",
-        count_statuses(&orders)
-    );
-    assert!(
-        payments.iter().all(|r| r.status == 200 || r.status == 202),
-        "{:?}",
-        count_statuses(&payments)
-    );
-    assert!(
-        refused.iter().all(|r| r.status == 409),
-        "{:?}",
-        count_statuses(&refused)
-    );
+    assert_statuses(&orders, &[201]);
+    assert_statuses(&payments, &[200, 202]);
+    assert_statuses(&refused, &[409]);
     assert_eq!(app.available(product).await, 0);
     assert_audit(&db.url);
 }

@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::json;
 use testkit::{
-    Backend, StuckWriter, TcpProxy, TestApp, TestDb, assert_audit, bin, eventually,
-    on_both_backends, query_i64, setup,
+    Backend, StuckWriter, TestApp, TestDb, assert_audit, bin, eventually, on_both_backends,
+    query_i64, setup, setup_via_proxy,
 };
 
 on_both_backends!(
@@ -31,12 +31,7 @@ async fn a_grouped_hold_answered_503_leaves_nothing_behind(backend: Backend) {
     let (db, app) = setup!(backend, &[("DB_WAIT_SECS", wait.as_str())]);
     let product = app.create_product(5, 100).await;
     let stuck = StuckWriter::lock_product(&db.url, product).await;
-    let request = post_in_background(
-        &app,
-        "/api/holds",
-        json!({"product_id": product, "qty": 2}),
-        None,
-    );
+    let request = hold_in_background(&app, product, 2, None);
     tokio::time::sleep(Duration::from_secs(2 * WAIT_SECS)).await;
     stuck.release().await;
     let (status, body) = request.await.expect("join");
@@ -90,12 +85,7 @@ async fn a_session_terminated_by_the_database_is_answered_503_and_writes_nothing
     let (db, app) = setup!(Backend::Postgres);
     let product = app.create_product(5, 100).await;
     let stuck = StuckWriter::lock_product(&db.url, product).await;
-    let request = post_in_background(
-        &app,
-        "/api/holds",
-        json!({"product_id": product, "qty": 2}),
-        Some("cart-57"),
-    );
+    let request = hold_in_background(&app, product, 2, Some("cart-57"));
     let name = until_a_session_waits_on_a_lock(&db.url, "the hold never waited on the row").await;
     query_i64(
         &db.url,
@@ -126,12 +116,8 @@ async fn while_the_database_is_down_requests_are_answered_503_without_waiting_ou
     // connection; the proxy then refuses connections, as a stopped or restarting server
     // does (the pool keeps retrying those until its wait runs out); once /ready says so,
     // every request must be answered well inside those 30 s.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
-    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
     let env = [("DB_WAIT_SECS", "30"), ("HTTP_REQUEST_TIMEOUT_SECS", "200")];
-    let app = TestApp::spawn_url(&via_proxy, &env).await;
+    let (db, proxy, app) = setup_via_proxy!(&env);
     let product = app.create_product(10, 100).await;
     proxy.refuse();
     assert!(
@@ -204,6 +190,18 @@ fn post_in_background(
         let status = r.status().as_u16();
         (status, r.json().await.expect("json"))
     })
+}
+
+/// Asks for a hold of `qty` units of `product` (with `key` as its `Idempotency-Key`) in
+/// the background, as [`post_in_background`] does.
+fn hold_in_background(
+    app: &TestApp,
+    product: i64,
+    qty: i64,
+    key: Option<&str>,
+) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+    let body = json!({"product_id": product, "qty": qty});
+    post_in_background(app, "/api/holds", body, key)
 }
 
 /// Waits until a session of the PostgreSQL test database `db_url` waits on a lock, and

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use reqwest::Method;
 use serde_json::{Value, json};
 use testkit::{
-    Backend, TcpProxy, TestApp, TestDb, assert_audit, bin, on_both_backends, setup, sweep,
+    Backend, TestApp, assert_audit, bin, on_both_backends, setup, setup_via_proxy, sweep,
 };
 
 on_both_backends!(
@@ -339,11 +339,7 @@ async fn database_outage_gives_clean_503s_and_the_api_recovers_by_itself() {
     // Goal: when PostgreSQL goes away, /ready says so, requests fail with a clean 503 and
     // write nothing, and the API recovers without a restart.
     // Method: the API reaches its database through a proxy; cut it, send requests, restore.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
-    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
-    let app = TestApp::spawn_url(&via_proxy, &[]).await;
+    let (db, proxy, app) = setup_via_proxy!(&[]);
     let product = app.create_product(10, 100).await;
     assert_eq!(app.hold(product, 1).await.status, 201);
     proxy.cut();

@@ -6,8 +6,8 @@ use std::time::Duration;
 use client::types::Hold;
 use futures::future::join_all;
 use testkit::{
-    Backend, TcpProxy, TestApp, TestDb, TestWorker, assert_audit, eventually, free_port,
-    on_both_backends, setup, status_of, stored_status, sweep,
+    Backend, TcpProxy, TestApp, TestWorker, assert_audit, eventually, on_both_backends, setup,
+    setup_via_proxy, stored_status, sweep,
 };
 
 on_both_backends!(
@@ -24,11 +24,20 @@ on_both_backends!(
 /// The SPEC's bound for an early payment to reach its order with the worker running.
 const WITHIN: Duration = Duration::from_secs(2);
 
+/// The order's status as served; empty when it cannot be read.
 async fn order_status(app: &TestApp, order: i64) -> String {
     app.get_order(order).await.body["status"]
         .as_str()
         .unwrap_or("")
         .to_owned()
+}
+
+/// Whether order `order` is served with `status` within `within`.
+async fn order_turns(app: &TestApp, order: i64, status: &str, within: Duration) -> bool {
+    eventually(within, || async {
+        order_status(app, order).await == status
+    })
+    .await
 }
 
 async fn paid_webhook_before_the_order_makes_the_order_paid_once_it_exists(backend: Backend) {
@@ -40,10 +49,7 @@ async fn paid_webhook_before_the_order_makes_the_order_paid_once_it_exists(backe
     assert_eq!(early.status, 202);
     let order = app.order_ok(hold).await.id;
     assert!(
-        eventually(WITHIN, || async {
-            order_status(&app, order).await == "paid"
-        })
-        .await,
+        order_turns(&app, order, "paid", WITHIN).await,
         "order not paid within 2 s"
     );
     // The early event still replays its first answer.
@@ -66,10 +72,7 @@ async fn failed_webhook_before_the_order_cancels_it_and_returns_the_stock_once(b
     );
     let order = app.order_ok(hold).await.id;
     assert!(
-        eventually(WITHIN, || async {
-            order_status(&app, order).await == "cancelled"
-        })
-        .await,
+        order_turns(&app, order, "cancelled", WITHIN).await,
         "order not cancelled within 2 s"
     );
     assert_eq!(app.available(product).await, 10);
@@ -96,12 +99,7 @@ async fn paid_hold_outlives_its_ttl_and_becomes_a_paid_order_with_the_worker_run
     assert_eq!(stored_status(&db.url, "holds", hold).await, "active");
     assert_eq!(app.available(product).await, 0);
     let order = app.order_ok(hold).await.id;
-    assert!(
-        eventually(WITHIN, || async {
-            order_status(&app, order).await == "paid"
-        })
-        .await
-    );
+    assert!(order_turns(&app, order, "paid", WITHIN).await);
     assert_audit(&db.url);
 }
 
@@ -146,10 +144,7 @@ async fn unpaid_order_past_its_payment_ttl_is_cancelled_and_its_stock_returned(b
     let hold = app.hold_ok(product, 5).await.hold_id;
     let order = app.order_ok(hold).await.id;
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            order_status(&app, order).await == "cancelled"
-        })
-        .await,
+        order_turns(&app, order, "cancelled", Duration::from_secs(10)).await,
         "unpaid order not cancelled"
     );
     assert_eq!(app.available(product).await, 5);
@@ -319,25 +314,14 @@ async fn early_payment_is_applied(
     let hold = app.hold_ok(product, 1).await.hold_id;
     assert_eq!(app.webhook(key, hold, "paid").await.status, 202);
     let order = app.order_ok(hold).await.id;
-    eventually(within, || async {
-        order_status(app, order).await == "paid"
-    })
-    .await
+    order_turns(app, order, "paid", within).await
 }
 
 async fn worker_ready_answers_200_while_its_job_workers_run(backend: Backend) {
     let (db, app) = setup!(backend);
-    let bind = format!("127.0.0.1:{}", free_port());
-    let ready = format!("http://{bind}/ready");
-    let worker = TestWorker::spawn(
-        &db.url,
-        &[("METRICS_BIND", &bind), ("SWEEP_INTERVAL_SECS", "3600")],
-    );
+    let worker = TestWorker::spawn_with_metrics(&db.url, &[("SWEEP_INTERVAL_SECS", "3600")]);
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            status_of(&ready).await == 200
-        })
-        .await,
+        worker.ready_turns(200, Duration::from_secs(20)).await,
         "the worker's /ready did not answer 200"
     );
     let product = app.create_product(5, 100).await;
@@ -351,26 +335,11 @@ async fn worker_process_runs_jobs_again_after_a_database_outage_longer_than_the_
     // outage, `/ready` says when they are down, and SIGTERM still exits 0.
     // Method: the worker reaches PostgreSQL through a proxy (the API does not); cut it for
     // longer than the pool timeout, restore it, then pay a hold before its order.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let (db, app) = setup!(Backend::Postgres);
     let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
-    let app = TestApp::spawn(&db, &[]).await;
-    let bind = format!("127.0.0.1:{}", free_port());
-    let ready = format!("http://{bind}/ready");
-    let ready_is = |want: u16| {
-        let ready = ready.clone();
-        move || {
-            let ready = ready.clone();
-            async move { status_of(&ready).await == want }
-        }
-    };
-    let worker = TestWorker::spawn(
-        &via_proxy,
-        &[("METRICS_BIND", &bind), ("SWEEP_INTERVAL_SECS", "3600")],
-    );
+    let worker = TestWorker::spawn_with_metrics(&via_proxy, &[("SWEEP_INTERVAL_SECS", "3600")]);
     assert!(
-        eventually(Duration::from_secs(20), ready_is(200)).await,
+        worker.ready_turns(200, Duration::from_secs(20)).await,
         "never ready"
     );
     let product = app.create_product(10, 100).await;
@@ -378,13 +347,13 @@ async fn worker_process_runs_jobs_again_after_a_database_outage_longer_than_the_
     proxy.cut();
     let cut_at = std::time::Instant::now();
     assert!(
-        eventually(Duration::from_secs(10), ready_is(503)).await,
+        worker.ready_turns(503, Duration::from_secs(10)).await,
         "/ready did not report the workers down"
     );
     tokio::time::sleep(OUTAGE.saturating_sub(cut_at.elapsed())).await;
     proxy.restore();
     assert!(
-        eventually(Duration::from_secs(40), ready_is(200)).await,
+        worker.ready_turns(200, Duration::from_secs(40)).await,
         "the workers did not come back"
     );
     assert!(
@@ -401,25 +370,15 @@ async fn worker_process_runs_jobs_again_after_a_database_outage_longer_than_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_worker_runs_jobs_again_after_a_database_outage_longer_than_the_pool_timeout() {
     // Goal: the same for `flashsale-api --with-worker`.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
-    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
-    let mut app = TestApp::spawn_url(
-        &via_proxy,
-        &[("WITH_WORKER", "1"), ("SWEEP_INTERVAL_SECS", "3600")],
-    )
-    .await;
+    let (db, proxy, mut app) =
+        setup_via_proxy!(&[("WITH_WORKER", "1"), ("SWEEP_INTERVAL_SECS", "3600")]);
     let product = app.create_product(10, 100).await;
     assert!(early_payment_is_applied(&app, product, "before-outage", WITHIN).await);
     proxy.cut();
     tokio::time::sleep(OUTAGE).await;
     proxy.restore();
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            app.get("/ready").await.status == 200
-        })
-        .await,
+        app.ready_turns(200, Duration::from_secs(20)).await,
         "the API did not recover"
     );
     // The workers may still be waiting out their restart backoff: give them its ceiling.
