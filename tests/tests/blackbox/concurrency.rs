@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use client::types::{Hold, HoldStatus, Order, OrderStatus, WebhookAnswer};
 use futures::future::join_all;
 use testkit::{Backend, Reply, TestApp, TestDb, assert_audit, on_both_backends, setup};
 
@@ -18,12 +19,25 @@ on_both_backends!(
     orders_webhooks_and_holds_racing_on_one_product_never_fail,
 );
 
+/// How many answers had each status.
 fn count_statuses(replies: &[Reply]) -> BTreeMap<u16, usize> {
     let mut counts = BTreeMap::new();
     for r in replies {
         *counts.entry(r.status.as_u16()).or_default() += 1;
     }
     counts
+}
+
+/// Asserts that every answer has one of `statuses`, showing how many had each if not.
+#[track_caller]
+fn assert_statuses(replies: &[Reply], statuses: &[u16]) {
+    assert!(
+        replies
+            .iter()
+            .all(|r| statuses.contains(&r.status.as_u16())),
+        "{:?}",
+        count_statuses(replies)
+    );
 }
 
 async fn parallel_holds_never_oversell(backend: Backend) {
@@ -40,7 +54,8 @@ async fn parallel_holds_never_oversell(backend: Backend) {
     }
     let ids: HashSet<i64> = replies
         .iter()
-        .filter_map(|r| r.body["hold_id"].as_i64())
+        .filter(|r| r.status == 201)
+        .map(|r| r.json::<Hold>().hold_id)
         .collect();
     assert_eq!(ids.len(), 50, "every hold is distinct");
     assert_eq!(app.available(product).await, 0);
@@ -57,7 +72,7 @@ async fn parallel_holds_of_mixed_quantities_never_exceed_the_stock(backend: Back
     let granted: i64 = replies
         .iter()
         .filter(|r| r.status == 201)
-        .map(|r| r.body["qty"].as_i64().unwrap())
+        .map(|r| r.json::<Hold>().qty)
         .sum();
     assert!(
         replies
@@ -91,19 +106,15 @@ async fn parallel_holds_are_each_handed_their_own_hold(backend: Backend) {
     for (&(p, qty), r) in asks.iter().zip(&replies) {
         match r.status.as_u16() {
             201 => {
-                assert_eq!(
-                    r.body["product_id"].as_i64(),
-                    Some(products[p]),
-                    "{:?}",
-                    r.body
-                );
-                assert_eq!(r.body["qty"].as_i64(), Some(qty), "{:?}", r.body);
-                let id = r.body["hold_id"].as_i64().unwrap();
+                let hold: Hold = r.json();
+                assert_eq!(hold.product_id, products[p], "{:?}", r.body);
+                assert_eq!(hold.qty, qty, "{:?}", r.body);
+                let id = hold.hold_id;
                 assert!(ids.insert(id), "hold {id} handed to two callers");
-                let stored = app.get_hold(id).await;
-                assert_eq!(stored.body["product_id"].as_i64(), Some(products[p]));
-                assert_eq!(stored.body["qty"].as_i64(), Some(qty));
-                assert_eq!(stored.body["status"], "active");
+                let stored = app.get_hold_ok(id).await;
+                assert_eq!(stored.product_id, products[p]);
+                assert_eq!(stored.qty, qty);
+                assert_eq!(stored.status, HoldStatus::Active);
                 units[p] += qty;
             }
             409 => assert_eq!(r.code(), "insufficient_stock"),
@@ -125,7 +136,7 @@ async fn parallel_orders_for_one_hold_make_exactly_one_order(backend: Backend) {
     // Method: 30 parallel POST /api/orders for the same hold.
     let (db, app) = setup!(backend);
     let product = app.create_product(5, 100).await;
-    let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 2).await.hold_id;
     let replies = join_all((0..30).map(|_| app.order(hold))).await;
     assert_one_order(&replies);
     assert_audit(&db.url);
@@ -135,10 +146,7 @@ fn assert_one_order(replies: &[Reply]) {
     let counts = count_statuses(replies);
     assert_eq!(counts.get(&201), Some(&1), "{counts:?}");
     assert_eq!(counts.get(&200), Some(&(replies.len() - 1)), "{counts:?}");
-    let ids: HashSet<i64> = replies
-        .iter()
-        .map(|r| r.body["id"].as_i64().unwrap())
-        .collect();
+    let ids: HashSet<i64> = replies.iter().map(|r| r.json::<Order>().id).collect();
     assert_eq!(ids.len(), 1, "all answers name the same order");
     assert!(
         replies
@@ -154,15 +162,8 @@ async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) 
     let (db, app) = setup!(backend);
     let product = app.create_product(50, 100).await;
     let replies = join_all((0..20).map(|_| app.hold_with_key(product, 3, "same-key"))).await;
-    assert!(
-        replies.iter().all(|r| r.status == 201),
-        "{:?}",
-        count_statuses(&replies)
-    );
-    let ids: HashSet<i64> = replies
-        .iter()
-        .map(|r| r.body["hold_id"].as_i64().unwrap())
-        .collect();
+    assert_statuses(&replies, &[201]);
+    let ids: HashSet<i64> = replies.iter().map(|r| r.json::<Hold>().hold_id).collect();
     assert_eq!(ids.len(), 1);
     assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1);
     assert_eq!(app.available(product).await, 47);
@@ -171,11 +172,7 @@ async fn parallel_holds_with_one_idempotency_key_reserve_once(backend: Backend) 
     // refusals for lack of stock.
     let scarce = app.create_product(3, 100).await;
     let replies = join_all((0..20).map(|_| app.hold_with_key(scarce, 3, "last-units"))).await;
-    assert!(
-        replies.iter().all(|r| r.status == 201),
-        "{:?}",
-        count_statuses(&replies)
-    );
+    assert_statuses(&replies, &[201]);
     assert_eq!(replies.iter().filter(|r| !r.replayed()).count(), 1);
     assert_eq!(app.available(scarce).await, 0);
     assert_audit(&db.url);
@@ -187,21 +184,17 @@ async fn parallel_duplicate_webhooks_apply_exactly_once(backend: Backend) {
     // application would show as stock counted twice).
     let (db, app) = setup!(backend);
     let product = app.create_product(10, 100).await;
-    let hold = app.hold(product, 4).await.body["hold_id"].as_i64().unwrap();
-    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 4).await.hold_id;
+    let order = app.order_ok(hold).await.id;
     let replies = join_all((0..20).map(|_| app.webhook("dup-evt", hold, "failed"))).await;
-    assert!(
-        replies.iter().all(|r| r.status == 200),
-        "{:?}",
-        count_statuses(&replies)
-    );
+    assert_statuses(&replies, &[200]);
     assert_eq!(
         replies.iter().filter(|r| !r.replayed()).count(),
         1,
         "exactly one is applied"
     );
     assert!(replies.iter().all(|r| r.body == replies[0].body));
-    assert_eq!(app.get_order(order).await.body["status"], "cancelled");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Cancelled);
     assert_eq!(app.available(product).await, 10);
     assert_audit(&db.url);
 }
@@ -214,7 +207,7 @@ async fn parallel_conflicting_webhooks_settle_the_order_once(backend: Backend) {
     let product = app.create_product(20, 100).await;
     let mut holds = Vec::new();
     for _ in 0..10 {
-        let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+        let hold = app.hold_ok(product, 2).await.hold_id;
         assert_eq!(app.order(hold).await.status, 201);
         holds.push(hold);
     }
@@ -240,20 +233,25 @@ async fn parallel_conflicting_webhooks_settle_the_order_once(backend: Backend) {
             .map(|(_, r)| r)
             .collect();
         assert!(mine.iter().all(|r| r.status == 200));
-        let applied = mine.iter().filter(|r| r.body["state"] == "applied").count();
-        assert_eq!(applied, 1, "hold {h}: exactly one event decides the order");
-        let order_id = mine[0].body["order_id"].as_i64().unwrap();
-        let status = app.get_order(order_id).await.body["status"].clone();
-        let winner = mine.iter().find(|r| r.body["state"] == "applied").unwrap();
+        let answers: Vec<WebhookAnswer> = mine.iter().map(|r| r.json()).collect();
+        let applied: Vec<&WebhookAnswer> =
+            answers.iter().filter(|a| a.state == "applied").collect();
+        assert_eq!(
+            applied.len(),
+            1,
+            "hold {h}: exactly one event decides the order"
+        );
+        let order_id = answers[0].order_id.unwrap();
+        let status = app.get_order_ok(order_id).await.status;
         assert_eq!(
             status,
-            if winner.body["status"] == "paid" {
-                "paid"
+            if applied[0].status == "paid" {
+                OrderStatus::Paid
             } else {
-                "cancelled"
+                OrderStatus::Cancelled
             }
         );
-        cancelled += usize::from(status == "cancelled");
+        cancelled += usize::from(status == OrderStatus::Cancelled);
     }
     assert_eq!(app.available(product).await, 2 * cancelled as i64);
     assert_audit(&db.url);
@@ -269,10 +267,10 @@ async fn orders_webhooks_and_holds_racing_on_one_product_never_fail(backend: Bac
     // hold requests that find no stock.
     let (db, app) = setup!(backend);
     let product = app.create_product(30, 100).await;
-    let holds: Vec<i64> = join_all((0..30).map(|_| app.hold(product, 1)))
+    let holds: Vec<i64> = join_all((0..30).map(|_| app.hold_ok(product, 1)))
         .await
         .iter()
-        .map(|r| r.body["hold_id"].as_i64().unwrap())
+        .map(|h| h.hold_id)
         .collect();
     let orders = join_all(holds.iter().map(|&h| app.order(h)));
     let payments = join_all(holds.iter().map(|&h| {
@@ -281,21 +279,9 @@ async fn orders_webhooks_and_holds_racing_on_one_product_never_fail(backend: Bac
     }));
     let refused = join_all((0..60).map(|_| app.hold(product, 1)));
     let (orders, payments, refused) = tokio::join!(orders, payments, refused);
-    assert!(
-        orders.iter().all(|r| r.status == 201),
-        "{:?}",
-        count_statuses(&orders)
-    );
-    assert!(
-        payments.iter().all(|r| r.status == 200 || r.status == 202),
-        "{:?}",
-        count_statuses(&payments)
-    );
-    assert!(
-        refused.iter().all(|r| r.status == 409),
-        "{:?}",
-        count_statuses(&refused)
-    );
+    assert_statuses(&orders, &[201]);
+    assert_statuses(&payments, &[200, 202]);
+    assert_statuses(&refused, &[409]);
     assert_eq!(app.available(product).await, 0);
     assert_audit(&db.url);
 }
@@ -320,8 +306,10 @@ async fn two_api_processes_on_one_postgres_never_oversell_or_double_order() {
     assert_eq!(a.available(product).await, 0);
     let hold = replies
         .iter()
-        .find_map(|r| r.body["hold_id"].as_i64())
-        .unwrap();
+        .find(|r| r.status == 201)
+        .unwrap()
+        .json::<Hold>()
+        .hold_id;
     let orders = join_all((0..30).map(|i| apps[i % 2].order(hold))).await;
     assert_one_order(&orders);
     // Within a second, the other process sees the stock the first one changed.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use client::types::HoldStatus;
 use testkit::{Backend, assert_audit, on_both_backends, setup};
 
 on_both_backends!(
@@ -17,7 +18,7 @@ const PAST_TTL: Duration = Duration::from_millis(1700);
 async fn expired_hold_stock_is_available_at_once_and_it_cannot_be_ordered(backend: Backend) {
     let (db, app) = setup!(backend, &[("HOLD_TTL_SECS", "1")]);
     let product = app.create_product(3, 100).await;
-    let hold = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 3).await.hold_id;
     app.hold(product, 1)
         .await
         .assert_error(409, "insufficient_stock");
@@ -27,7 +28,7 @@ async fn expired_hold_stock_is_available_at_once_and_it_cannot_be_ordered(backen
         3,
         "expired stock is shown as available"
     );
-    assert_eq!(app.get_hold(hold).await.body["status"], "expired");
+    assert_eq!(app.get_hold_ok(hold).await.status, HoldStatus::Expired);
     app.order(hold).await.assert_error(409, "hold_expired");
     // Nothing swept it, yet its stock sells again.
     let again = app.hold(product, 3).await;
@@ -40,7 +41,7 @@ async fn expired_hold_stock_is_available_at_once_and_it_cannot_be_ordered(backen
 async fn paid_hold_outlives_its_ttl_and_can_still_be_ordered(backend: Backend) {
     let (db, app) = setup!(backend, &[("HOLD_TTL_SECS", "1")]);
     let product = app.create_product(2, 100).await;
-    let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 2).await.hold_id;
     assert_eq!(app.webhook("pay-early", hold, "paid").await.status, 202);
     tokio::time::sleep(PAST_TTL).await;
     assert_eq!(
@@ -51,7 +52,7 @@ async fn paid_hold_outlives_its_ttl_and_can_still_be_ordered(backend: Backend) {
     app.hold(product, 1)
         .await
         .assert_error(409, "insufficient_stock");
-    assert_eq!(app.get_hold(hold).await.body["status"], "active");
+    assert_eq!(app.get_hold_ok(hold).await.status, HoldStatus::Active);
     let order = app.order(hold).await;
     assert_eq!(order.status, 201, "{}", order.body);
     assert_audit(&db.url);
@@ -60,7 +61,7 @@ async fn paid_hold_outlives_its_ttl_and_can_still_be_ordered(backend: Backend) {
 async fn paid_webhook_for_an_expired_hold_requires_a_refund(backend: Backend) {
     let (db, app) = setup!(backend, &[("HOLD_TTL_SECS", "1")]);
     let product = app.create_product(2, 100).await;
-    let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 2).await.hold_id;
     tokio::time::sleep(PAST_TTL).await;
     let late = app.webhook("pay-late", hold, "paid").await;
     assert_eq!(late.status, 200);

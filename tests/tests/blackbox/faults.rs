@@ -8,11 +8,10 @@ use std::{
     time::Duration,
 };
 
-use reqwest::Method;
 use serde_json::json;
 use testkit::{
-    Backend, StuckWriter, TcpProxy, TestApp, TestDb, assert_audit, bin, eventually,
-    on_both_backends, query_i64, setup,
+    Backend, StuckWriter, TestApp, TestDb, assert_audit, bin, eventually, on_both_backends,
+    query_i64, setup, setup_via_proxy,
 };
 
 on_both_backends!(
@@ -32,12 +31,7 @@ async fn a_grouped_hold_answered_503_leaves_nothing_behind(backend: Backend) {
     let (db, app) = setup!(backend, &[("DB_WAIT_SECS", wait.as_str())]);
     let product = app.create_product(5, 100).await;
     let stuck = StuckWriter::lock_product(&db.url, product).await;
-    let request = post_in_background(
-        &app,
-        "/api/holds",
-        json!({"product_id": product, "qty": 2}),
-        None,
-    );
+    let request = hold_in_background(&app, product, 2, None);
     tokio::time::sleep(Duration::from_secs(2 * WAIT_SECS)).await;
     stuck.release().await;
     let (status, body) = request.await.expect("join");
@@ -88,18 +82,10 @@ async fn a_session_terminated_by_the_database_is_answered_503_and_writes_nothing
     // administrator command") is "retry later", not an internal error.
     // Method: a keyed hold waits on a product row held by a second session; the server then
     // terminates the API's waiting session, as a restart would.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
-    let app = TestApp::spawn(&db, &[]).await;
+    let (db, app) = setup!(Backend::Postgres);
     let product = app.create_product(5, 100).await;
     let stuck = StuckWriter::lock_product(&db.url, product).await;
-    let request = post_in_background(
-        &app,
-        "/api/holds",
-        json!({"product_id": product, "qty": 2}),
-        Some("cart-57"),
-    );
+    let request = hold_in_background(&app, product, 2, Some("cart-57"));
     let name = until_a_session_waits_on_a_lock(&db.url, "the hold never waited on the row").await;
     query_i64(
         &db.url,
@@ -130,33 +116,18 @@ async fn while_the_database_is_down_requests_are_answered_503_without_waiting_ou
     // connection; the proxy then refuses connections, as a stopped or restarting server
     // does (the pool keeps retrying those until its wait runs out); once /ready says so,
     // every request must be answered well inside those 30 s.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
-    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
     let env = [("DB_WAIT_SECS", "30"), ("HTTP_REQUEST_TIMEOUT_SECS", "200")];
-    let app = TestApp::spawn_url(&via_proxy, &env).await;
+    let (db, proxy, app) = setup_via_proxy!(&env);
     let product = app.create_product(10, 100).await;
     proxy.refuse();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            app.get("/ready").await.status == 503
-        })
-        .await,
+        app.ready_turns(503, Duration::from_secs(10)).await,
         "/ready did not turn 503"
     );
     for _ in 0..3 {
-        let r = tokio::time::timeout(
-            Duration::from_secs(10),
-            app.request(
-                Method::POST,
-                "/api/holds",
-                Some(&json!({"product_id": product, "qty": 1})),
-                &[],
-            ),
-        )
-        .await
-        .expect("the request waited for the pool although the database is known down");
+        let r = tokio::time::timeout(Duration::from_secs(10), app.hold(product, 1))
+            .await
+            .expect("the request waited for the pool although the database is known down");
         r.assert_error(503, "database_unavailable");
     }
     proxy.restore();
@@ -179,14 +150,9 @@ async fn an_order_committed_after_its_hold_was_due_is_never_served_from_a_stale_
     // product row (held by a second session) until the hold is past due; a read meanwhile
     // counts the hold's unit as free and caches it. Once the order commits, a read must
     // show the unit taken.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
-    let app = TestApp::spawn(&db, &[("HOLD_TTL_SECS", "1")]).await;
+    let (db, app) = setup!(Backend::Postgres, &[("HOLD_TTL_SECS", "1")]);
     let product = app.create_product(1, 100).await;
-    let hold = app.hold(product, 1).await;
-    assert_eq!(hold.status, 201);
-    let hold_id = hold.body["hold_id"].as_i64().expect("hold_id");
+    let hold_id = app.hold_ok(product, 1).await.hold_id;
     let stuck = StuckWriter::lock_product(&db.url, product).await;
     let order = post_in_background(&app, "/api/orders", json!({"hold_id": hold_id}), None);
     until_a_session_waits_on_a_lock(&db.url, "the order never waited on the product row").await;
@@ -224,6 +190,18 @@ fn post_in_background(
         let status = r.status().as_u16();
         (status, r.json().await.expect("json"))
     })
+}
+
+/// Asks for a hold of `qty` units of `product` (with `key` as its `Idempotency-Key`) in
+/// the background, as [`post_in_background`] does.
+fn hold_in_background(
+    app: &TestApp,
+    product: i64,
+    qty: i64,
+    key: Option<&str>,
+) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+    let body = json!({"product_id": product, "qty": qty});
+    post_in_background(app, "/api/holds", body, key)
 }
 
 /// Waits until a session of the PostgreSQL test database `db_url` waits on a lock, and
@@ -296,8 +274,7 @@ async fn pruning_old_idempotency_keys_locks_the_product_before_its_holds() {
     let rules = [("HOLD_TTL_SECS", "1"), ("IDEMPOTENCY_KEY_TTL_SECS", "1")];
     let app = TestApp::spawn(&db, &rules).await;
     let product = app.create_product(5, 100).await;
-    let hold = app.hold_with_key(product, 1, "cart-prune").await;
-    let hold_id = hold.body["hold_id"].as_i64().expect("hold_id");
+    let hold_id = app.hold_with_key_ok(product, 1, "cart-prune").await.hold_id;
     assert_eq!(app.order(hold_id).await.status, 201);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let keys = "SELECT COUNT(*) FROM holds WHERE idempotency_key IS NOT NULL";

@@ -8,13 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use client::types::OrderStatus;
 use futures::future::join_all;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use reqwest::Method;
 use serde_json::{Value, json};
 use testkit::{
-    Backend, TcpProxy, TestApp, TestDb, assert_audit, bin, eventually, on_both_backends, setup,
-    sweep,
+    Backend, TestApp, assert_audit, bin, on_both_backends, setup, setup_via_proxy, sweep,
 };
 
 on_both_backends!(
@@ -32,15 +32,12 @@ async fn api_killed_in_a_hold_storm_loses_nothing_and_keeps_every_answered_payme
     // every payment event that was answered 2xx is applied.
     // Method: 20 pending orders; then 256 parallel hold requests plus a `paid` webhook per
     // order; SIGKILL the API 150 ms in; restart it on the same database.
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
-    let mut app = TestApp::spawn(&db, &[]).await;
+    let (db, mut app) = setup!(backend);
     let product = app.create_product(500, 100).await;
     let mut orders = Vec::new();
     for _ in 0..20 {
-        let hold = app.hold(product, 1).await.body["hold_id"].as_i64().unwrap();
-        orders.push((hold, app.order(hold).await.body["id"].as_i64().unwrap()));
+        let hold = app.hold_ok(product, 1).await.hold_id;
+        orders.push((hold, app.order_ok(hold).await.id));
     }
     let url = app.url("/api");
     let client = app.client.clone();
@@ -86,8 +83,8 @@ async fn api_killed_in_a_hold_storm_loses_nothing_and_keeps_every_answered_payme
     let app = TestApp::spawn(&db, &[]).await;
     for order in answered {
         assert_eq!(
-            app.get_order(order).await.body["status"],
-            "paid",
+            app.get_order_ok(order).await.status,
+            OrderStatus::Paid,
             "order {order}: answered payment lost"
         );
     }
@@ -105,10 +102,7 @@ async fn sigterm_lets_every_accepted_request_finish(backend: Backend) {
     // the rest are in flight. Requests still in the kernel's queue when the listener closes
     // fail (they were never taken up); the holds in the database must match the 201s
     // exactly.
-    let Some(db) = TestDb::new(backend).await else {
-        return;
-    };
-    let mut app = TestApp::spawn(&db, &[]).await;
+    let (db, mut app) = setup!(backend);
     let product = app.create_product(1000, 100).await;
     let url = app.url("/api/holds");
     let client = reqwest::Client::new();
@@ -305,7 +299,7 @@ async fn idempotency_keys_are_forgotten_after_their_retention(backend: Backend) 
 async fn metrics_count_requests_and_checkout_events(backend: Backend) {
     let (_db, app) = setup!(backend);
     let product = app.create_product(1, 100).await;
-    let hold = app.hold(product, 1).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 1).await.hold_id;
     app.hold(product, 1)
         .await
         .assert_error(409, "insufficient_stock");
@@ -345,38 +339,22 @@ async fn database_outage_gives_clean_503s_and_the_api_recovers_by_itself() {
     // Goal: when PostgreSQL goes away, /ready says so, requests fail with a clean 503 and
     // write nothing, and the API recovers without a restart.
     // Method: the API reaches its database through a proxy; cut it, send requests, restore.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
-    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
-    let app = TestApp::spawn_url(&via_proxy, &[]).await;
+    let (db, proxy, app) = setup_via_proxy!(&[]);
     let product = app.create_product(10, 100).await;
     assert_eq!(app.hold(product, 1).await.status, 201);
     proxy.cut();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            app.get("/ready").await.status == 503
-        })
-        .await,
+        app.ready_turns(503, Duration::from_secs(10)).await,
         "/ready did not turn 503"
     );
     for _ in 0..5 {
-        let r = app
-            .request(
-                Method::POST,
-                "/api/holds",
-                Some(&json!({"product_id": product, "qty": 1})),
-                &[],
-            )
-            .await;
-        r.assert_error(503, "database_unavailable");
+        app.hold(product, 1)
+            .await
+            .assert_error(503, "database_unavailable");
     }
     proxy.restore();
     assert!(
-        eventually(Duration::from_secs(15), || async {
-            app.get("/ready").await.status == 200
-        })
-        .await,
+        app.ready_turns(200, Duration::from_secs(15)).await,
         "the API did not recover"
     );
     assert_eq!(app.hold(product, 1).await.status, 201);

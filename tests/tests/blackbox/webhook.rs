@@ -1,5 +1,6 @@
 //! The payment webhook: every row of the SPEC's table that needs no worker.
 
+use client::types::{Hold, OrderStatus};
 use reqwest::Method;
 use serde_json::json;
 use testkit::{Backend, TestApp, assert_audit, on_both_backends, setup, sign, unix_now};
@@ -21,10 +22,8 @@ on_both_backends!(
 /// A product with 10 units, a hold of `qty` on it, and its pending order.
 async fn pending_order(app: &TestApp, qty: i64) -> (i64, i64, i64) {
     let product = app.create_product(10, 500).await;
-    let hold = app.hold(product, qty).await.body["hold_id"]
-        .as_i64()
-        .unwrap();
-    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, qty).await.hold_id;
+    let order = app.order_ok(hold).await.id;
     (product, hold, order)
 }
 
@@ -37,7 +36,7 @@ async fn paid_webhook_marks_a_pending_order_paid(backend: Backend) {
         r.body,
         json!({"idempotency_key": "evt-1", "hold_id": hold, "order_id": order, "status": "paid", "state": "applied"})
     );
-    assert_eq!(app.get_order(order).await.body["status"], "paid");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Paid);
     assert_eq!(app.available(product).await, 8);
     assert_audit(&db.url);
 }
@@ -57,7 +56,7 @@ async fn failed_webhook_cancels_the_order_and_returns_its_stock(backend: Backend
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["state"], "applied");
     assert_eq!(r.body["status"], "failed");
-    assert_eq!(app.get_order(order).await.body["status"], "cancelled");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Cancelled);
     assert_eq!(app.available(product).await, 10, "stock is back at once");
     let again = app.hold(product, 8).await;
     assert_eq!(
@@ -65,7 +64,7 @@ async fn failed_webhook_cancels_the_order_and_returns_its_stock(backend: Backend
         "the returned stock sells at once: {}",
         again.body
     );
-    let again_id = again.body["hold_id"].as_i64().unwrap();
+    let again_id = again.json::<Hold>().hold_id;
     app.order(again_id).await;
     app.webhook("evt-f-again", again_id, "failed").await;
     // Returned exactly once: a replay and another failed event give nothing back again.
@@ -88,7 +87,7 @@ async fn replay_with_the_same_key_returns_the_identical_answer(backend: Backend)
     }
     // An early event replays its 202.
     let product = app.create_product(5, 100).await;
-    let early_hold = app.hold(product, 1).await.body["hold_id"].as_i64().unwrap();
+    let early_hold = app.hold_ok(product, 1).await.hold_id;
     let early = app.webhook("evt-early", early_hold, "paid").await;
     assert_eq!(early.status, 202);
     let again = app.webhook("evt-early", early_hold, "paid").await;
@@ -109,7 +108,7 @@ async fn same_key_with_a_different_body_is_409_and_changes_nothing(backend: Back
     app.webhook("evt-x", other_hold, "paid")
         .await
         .assert_error(409, "idempotency_key_reused");
-    assert_eq!(app.get_order(order).await.body["status"], "paid");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Paid);
     assert_eq!(app.available(product).await, 9);
     assert_audit(&db.url);
 }
@@ -131,7 +130,7 @@ async fn a_new_key_cannot_change_a_final_order(backend: Backend) {
     let double = app.webhook("evt-3", hold, "paid").await;
     assert_eq!(double.status, 200);
     assert_eq!(double.body["state"], "refund_required");
-    assert_eq!(app.get_order(order).await.body["status"], "paid");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Paid);
     assert_eq!(app.available(product).await, 8);
 
     // A cancelled order stays cancelled: a late `paid` must be refunded.
@@ -147,7 +146,10 @@ async fn a_new_key_cannot_change_a_final_order(backend: Backend) {
     let ignored = app.webhook("evt-6", hold2, "failed").await;
     assert_eq!(ignored.body["state"], "ignored");
     assert_eq!(ignored.body["status"], "cancelled");
-    assert_eq!(app.get_order(order2).await.body["status"], "cancelled");
+    assert_eq!(
+        app.get_order_ok(order2).await.status,
+        OrderStatus::Cancelled
+    );
     assert_eq!(app.available(product2).await, 10);
     assert_audit(&db.url);
 }
@@ -168,7 +170,7 @@ async fn webhook_for_an_unknown_hold_is_404_and_records_nothing(backend: Backend
 async fn webhook_before_the_order_is_recorded_with_202(backend: Backend) {
     let (db, app) = setup!(backend);
     let product = app.create_product(10, 100).await;
-    let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 2).await.hold_id;
     let r = app.webhook("evt-e", hold, "paid").await;
     assert_eq!(r.status, 202);
     assert_eq!(
@@ -180,14 +182,12 @@ async fn webhook_before_the_order_is_recorded_with_202(backend: Backend) {
     assert_eq!(second.status, 200);
     assert_eq!(second.body["state"], "refund_required");
     // The order can still be made and the recorded payment wins over a later `failed`.
-    let order = app.order(hold).await;
-    assert_eq!(order.status, 201);
+    let order = app.order_ok(hold).await;
     let failed = app.webhook("evt-e3", hold, "failed").await;
     assert_eq!(failed.status, 200);
     assert_eq!(failed.body["state"], "ignored");
     assert_eq!(failed.body["status"], "paid");
-    let order_id = order.body["id"].as_i64().unwrap();
-    assert_eq!(app.get_order(order_id).await.body["status"], "paid");
+    assert_eq!(app.get_order_ok(order.id).await.status, OrderStatus::Paid);
     assert_eq!(app.available(product).await, 8);
     assert_audit(&db.url);
 }
@@ -262,7 +262,7 @@ async fn webhook_input_errors_are_4xx(backend: Backend) {
         )
         .await;
     r.assert_error(400, "invalid_json");
-    assert_eq!(app.get_order(order).await.body["status"], "pending");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Pending);
     assert_eq!(app.available(product).await, 9);
     assert_audit(&db.url);
 }
@@ -298,14 +298,14 @@ async fn signed_webhooks_require_a_valid_fresh_signature(backend: Backend) {
         .await
         .assert_error(401, "invalid_signature");
     assert_eq!(
-        app.get_order(order).await.body["status"],
-        "pending",
+        app.get_order_ok(order).await.status,
+        OrderStatus::Pending,
         "refused events change nothing"
     );
     let ok = post(Some(sign("old-secret", now, body.as_bytes()))).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.body["state"], "applied");
-    assert_eq!(app.get_order(order).await.body["status"], "paid");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Paid);
     assert_audit(&db.url);
 }
 
@@ -339,10 +339,10 @@ async fn signature_headers_over_their_caps_are_refused_before_any_hashing(backen
     // A header over 1 KiB, even though its one v1= value is right.
     let too_long = format!("{valid},pad={}", "x".repeat(1024));
     post(too_long).await.assert_error(401, "invalid_signature");
-    assert_eq!(app.get_order(order).await.body["status"], "pending");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Pending);
     // Within the caps, the right value among wrong ones is accepted.
     let ok = post(format!("{valid}{}", ",v1=00".repeat(7))).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
-    assert_eq!(app.get_order(order).await.body["status"], "paid");
+    assert_eq!(app.get_order_ok(order).await.status, OrderStatus::Paid);
     assert_audit(&db.url);
 }

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use client::types::Hold;
 use futures::future::join_all;
 use testkit::{
-    Backend, TcpProxy, TestApp, TestDb, TestWorker, assert_audit, eventually, free_port,
-    on_both_backends, setup, status_of, stored_status, sweep,
+    Backend, TcpProxy, TestApp, TestWorker, assert_audit, eventually, on_both_backends, setup,
+    setup_via_proxy, stored_status, sweep,
 };
 
 on_both_backends!(
@@ -23,6 +24,7 @@ on_both_backends!(
 /// The SPEC's bound for an early payment to reach its order with the worker running.
 const WITHIN: Duration = Duration::from_secs(2);
 
+/// The order's status as served; empty when it cannot be read.
 async fn order_status(app: &TestApp, order: i64) -> String {
     app.get_order(order).await.body["status"]
         .as_str()
@@ -30,19 +32,24 @@ async fn order_status(app: &TestApp, order: i64) -> String {
         .to_owned()
 }
 
+/// Whether order `order` is served with `status` within `within`.
+async fn order_turns(app: &TestApp, order: i64, status: &str, within: Duration) -> bool {
+    eventually(within, || async {
+        order_status(app, order).await == status
+    })
+    .await
+}
+
 async fn paid_webhook_before_the_order_makes_the_order_paid_once_it_exists(backend: Backend) {
     let (db, app) = setup!(backend);
     let _worker = TestWorker::spawn(&db.url, &[]);
     let product = app.create_product(10, 100).await;
-    let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 2).await.hold_id;
     let early = app.webhook("early-paid", hold, "paid").await;
     assert_eq!(early.status, 202);
-    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let order = app.order_ok(hold).await.id;
     assert!(
-        eventually(WITHIN, || async {
-            order_status(&app, order).await == "paid"
-        })
-        .await,
+        order_turns(&app, order, "paid", WITHIN).await,
         "order not paid within 2 s"
     );
     // The early event still replays its first answer.
@@ -58,17 +65,14 @@ async fn failed_webhook_before_the_order_cancels_it_and_returns_the_stock_once(b
     let env = [("HOLD_TTL_SECS", "1")];
     let _worker = TestWorker::spawn(&db.url, &env);
     let product = app.create_product(10, 100).await;
-    let hold = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 3).await.hold_id;
     assert_eq!(
         app.webhook("early-failed", hold, "failed").await.status,
         202
     );
-    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let order = app.order_ok(hold).await.id;
     assert!(
-        eventually(WITHIN, || async {
-            order_status(&app, order).await == "cancelled"
-        })
-        .await,
+        order_turns(&app, order, "cancelled", WITHIN).await,
         "order not cancelled within 2 s"
     );
     assert_eq!(app.available(product).await, 10);
@@ -88,21 +92,14 @@ async fn paid_hold_outlives_its_ttl_and_becomes_a_paid_order_with_the_worker_run
     let (db, app) = setup!(backend, &env);
     let _worker = TestWorker::spawn(&db.url, &env);
     let product = app.create_product(4, 100).await;
-    let hold = app.hold(product, 4).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 4).await.hold_id;
     assert_eq!(app.webhook("paid-first", hold, "paid").await.status, 202);
     // Well past the TTL, with ExpireHold due and sweeps running.
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(stored_status(&db.url, "holds", hold).await, "active");
     assert_eq!(app.available(product).await, 0);
-    let order = app.order(hold).await;
-    assert_eq!(order.status, 201, "{}", order.body);
-    let order = order.body["id"].as_i64().unwrap();
-    assert!(
-        eventually(WITHIN, || async {
-            order_status(&app, order).await == "paid"
-        })
-        .await
-    );
+    let order = app.order_ok(hold).await.id;
+    assert!(order_turns(&app, order, "paid", WITHIN).await);
     assert_audit(&db.url);
 }
 
@@ -112,7 +109,7 @@ async fn holds_expire_to_expired_with_the_worker_and_with_the_sweep_command(back
     let product = app.create_product(10, 100).await;
     // With the worker running, its ExpireHold jobs do it (the sweep is an hour away).
     let worker = TestWorker::spawn(&db.url, &env);
-    let first = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+    let first = app.hold_ok(product, 2).await.hold_id;
     let db_url = db.url.clone();
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -124,7 +121,7 @@ async fn holds_expire_to_expired_with_the_worker_and_with_the_sweep_command(back
     );
     assert!(worker.terminate(), "SIGTERM: the worker exits cleanly");
     // With the worker stopped, the one-shot sweep does it.
-    let second = app.hold(product, 3).await.body["hold_id"].as_i64().unwrap();
+    let second = app.hold_ok(product, 3).await.hold_id;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(stored_status(&db.url, "holds", second).await, "active");
     let out = sweep(&db.url, &env);
@@ -144,13 +141,10 @@ async fn unpaid_order_past_its_payment_ttl_is_cancelled_and_its_stock_returned(b
     let (db, app) = setup!(backend, &env);
     let _worker = TestWorker::spawn(&db.url, &env);
     let product = app.create_product(5, 100).await;
-    let hold = app.hold(product, 5).await.body["hold_id"].as_i64().unwrap();
-    let order = app.order(hold).await.body["id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 5).await.hold_id;
+    let order = app.order_ok(hold).await.id;
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            order_status(&app, order).await == "cancelled"
-        })
-        .await,
+        order_turns(&app, order, "cancelled", Duration::from_secs(10)).await,
         "unpaid order not cancelled"
     );
     assert_eq!(app.available(product).await, 5);
@@ -173,7 +167,8 @@ async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(
     let holds: Vec<i64> = join_all((0..60).map(|_| app.hold(product, 1)))
         .await
         .iter()
-        .filter_map(|r| r.body["hold_id"].as_i64())
+        .filter(|r| r.status == 201)
+        .map(|r| r.json::<Hold>().hold_id)
         .collect();
     assert_eq!(holds.len(), 40);
     let verdict = |i: usize| {
@@ -204,8 +199,7 @@ async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(
         early.iter().all(|r| r.status == 202),
         "early events are recorded"
     );
-    let orders = join_all(holds.iter().map(|&h| app.order(h))).await;
-    assert!(orders.iter().all(|r| r.status == 201));
+    let orders = join_all(holds.iter().map(|&h| app.order_ok(h))).await;
     let late = deliver(1).await;
     assert!(
         late.iter().all(|r| r.status == 200),
@@ -214,9 +208,9 @@ async fn storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent(
     let expected: Vec<(i64, &str)> = orders
         .iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, order)| {
             (
-                r.body["id"].as_i64().unwrap(),
+                order.id,
                 if verdict(i) == "paid" {
                     "paid"
                 } else {
@@ -256,21 +250,21 @@ async fn killed_worker_loses_no_job_and_two_workers_double_nothing(backend: Back
     let env = [("HOLD_TTL_SECS", "1"), ("SWEEP_INTERVAL_SECS", "3600")];
     let (db, app) = setup!(backend, &env);
     let product = app.create_product(30, 100).await;
-    let expiring: Vec<i64> = join_all((0..10).map(|_| app.hold(product, 1)))
+    let expiring: Vec<i64> = join_all((0..10).map(|_| app.hold_ok(product, 1)))
         .await
         .iter()
-        .map(|r| r.body["hold_id"].as_i64().unwrap())
+        .map(|h| h.hold_id)
         .collect();
     let mut orders = Vec::new();
     for i in 0..10 {
-        let hold = app.hold(product, 2).await.body["hold_id"].as_i64().unwrap();
+        let hold = app.hold_ok(product, 2).await.hold_id;
         assert_eq!(
             app.webhook(&format!("kill-{i}"), hold, "failed")
                 .await
                 .status,
             202
         );
-        orders.push(app.order(hold).await.body["id"].as_i64().unwrap());
+        orders.push(app.order_ok(hold).await.id);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let doomed = TestWorker::spawn(&db.url, &env);
@@ -317,30 +311,17 @@ async fn early_payment_is_applied(
     key: &str,
     within: Duration,
 ) -> bool {
-    let hold = app.hold(product, 1).await.body["hold_id"].as_i64().unwrap();
+    let hold = app.hold_ok(product, 1).await.hold_id;
     assert_eq!(app.webhook(key, hold, "paid").await.status, 202);
-    let order = app.order(hold).await;
-    assert_eq!(order.status, 201, "{}", order.body);
-    let order = order.body["id"].as_i64().unwrap();
-    eventually(within, || async {
-        order_status(app, order).await == "paid"
-    })
-    .await
+    let order = app.order_ok(hold).await.id;
+    order_turns(app, order, "paid", within).await
 }
 
 async fn worker_ready_answers_200_while_its_job_workers_run(backend: Backend) {
     let (db, app) = setup!(backend);
-    let bind = format!("127.0.0.1:{}", free_port());
-    let ready = format!("http://{bind}/ready");
-    let worker = TestWorker::spawn(
-        &db.url,
-        &[("METRICS_BIND", &bind), ("SWEEP_INTERVAL_SECS", "3600")],
-    );
+    let worker = TestWorker::spawn_with_metrics(&db.url, &[("SWEEP_INTERVAL_SECS", "3600")]);
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            status_of(&ready).await == 200
-        })
-        .await,
+        worker.ready_turns(200, Duration::from_secs(20)).await,
         "the worker's /ready did not answer 200"
     );
     let product = app.create_product(5, 100).await;
@@ -354,26 +335,11 @@ async fn worker_process_runs_jobs_again_after_a_database_outage_longer_than_the_
     // outage, `/ready` says when they are down, and SIGTERM still exits 0.
     // Method: the worker reaches PostgreSQL through a proxy (the API does not); cut it for
     // longer than the pool timeout, restore it, then pay a hold before its order.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let (db, app) = setup!(Backend::Postgres);
     let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
-    let app = TestApp::spawn(&db, &[]).await;
-    let bind = format!("127.0.0.1:{}", free_port());
-    let ready = format!("http://{bind}/ready");
-    let ready_is = |want: u16| {
-        let ready = ready.clone();
-        move || {
-            let ready = ready.clone();
-            async move { status_of(&ready).await == want }
-        }
-    };
-    let worker = TestWorker::spawn(
-        &via_proxy,
-        &[("METRICS_BIND", &bind), ("SWEEP_INTERVAL_SECS", "3600")],
-    );
+    let worker = TestWorker::spawn_with_metrics(&via_proxy, &[("SWEEP_INTERVAL_SECS", "3600")]);
     assert!(
-        eventually(Duration::from_secs(20), ready_is(200)).await,
+        worker.ready_turns(200, Duration::from_secs(20)).await,
         "never ready"
     );
     let product = app.create_product(10, 100).await;
@@ -381,13 +347,13 @@ async fn worker_process_runs_jobs_again_after_a_database_outage_longer_than_the_
     proxy.cut();
     let cut_at = std::time::Instant::now();
     assert!(
-        eventually(Duration::from_secs(10), ready_is(503)).await,
+        worker.ready_turns(503, Duration::from_secs(10)).await,
         "/ready did not report the workers down"
     );
     tokio::time::sleep(OUTAGE.saturating_sub(cut_at.elapsed())).await;
     proxy.restore();
     assert!(
-        eventually(Duration::from_secs(40), ready_is(200)).await,
+        worker.ready_turns(200, Duration::from_secs(40)).await,
         "the workers did not come back"
     );
     assert!(
@@ -404,25 +370,15 @@ async fn worker_process_runs_jobs_again_after_a_database_outage_longer_than_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_worker_runs_jobs_again_after_a_database_outage_longer_than_the_pool_timeout() {
     // Goal: the same for `flashsale-api --with-worker`.
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
-    let (proxy, via_proxy) = TcpProxy::in_front_of(&db.url).await;
-    let mut app = TestApp::spawn_url(
-        &via_proxy,
-        &[("WITH_WORKER", "1"), ("SWEEP_INTERVAL_SECS", "3600")],
-    )
-    .await;
+    let (db, proxy, mut app) =
+        setup_via_proxy!(&[("WITH_WORKER", "1"), ("SWEEP_INTERVAL_SECS", "3600")]);
     let product = app.create_product(10, 100).await;
     assert!(early_payment_is_applied(&app, product, "before-outage", WITHIN).await);
     proxy.cut();
     tokio::time::sleep(OUTAGE).await;
     proxy.restore();
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            app.get("/ready").await.status == 200
-        })
-        .await,
+        app.ready_turns(200, Duration::from_secs(20)).await,
         "the API did not recover"
     );
     // The workers may still be waiting out their restart backoff: give them its ceiling.

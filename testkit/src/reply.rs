@@ -1,0 +1,129 @@
+//! Answers as the tests see them when they assert errors: status, headers and JSON body
+//! ([`Reply`]), and the raw requests that can send what the SDK never would.
+
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde_json::Value;
+
+use crate::TestApp;
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The JSON body; a JSON string for a body that is not JSON, `null` for none.
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    /// Whether the answer is a replay of an earlier one (`Idempotent-Replayed: true`).
+    pub fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
+    }
+
+    /// Asserts an error answer: `status`, `code` and a non-empty message.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.code(), code, "body: {}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {}",
+            self.body
+        );
+    }
+
+    /// The body as the SDK's type `T`, for an answer the test knows is a success (such as
+    /// a 201 among the parallel answers of a race).
+    #[track_caller]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_value(self.body.clone())
+            .unwrap_or_else(|e| panic!("not the expected answer ({e}): {}", self.body))
+    }
+
+    /// An SDK answer, success or documented error, as a [`Reply`].
+    pub(crate) fn from_sdk<T: serde::Serialize>(result: crate::sdk::SdkResult<T>) -> Self {
+        match result {
+            Ok(rv) => Self::from_value(rv),
+            Err(client::Error::ErrorResponse(rv)) => Self::from_value(rv),
+            Err(e) => panic!("the response does not match openapi.yaml: {e}"),
+        }
+    }
+
+    /// A decoded SDK answer, encoded again as JSON.
+    fn from_value<B: serde::Serialize>(rv: client::ResponseValue<B>) -> Self {
+        let status = rv.status();
+        let headers = rv.headers().clone();
+        let body = serde_json::to_value(rv.into_inner()).expect("serialisable");
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+impl TestApp {
+    /// Sends a request with an optional JSON body and extra headers.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let raw = body.map(|b| b.to_string().into_bytes());
+        self.request_raw(method, path, raw, headers).await
+    }
+
+    /// Sends raw body bytes as `application/json`.
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body read");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, None, &[]).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, Some(&body), &[]).await
+    }
+}
