@@ -156,6 +156,7 @@ impl Service {
         }
     }
 
+    /// Records `event`, first under its hold's locks, and applies it when it can.
     async fn record_payment(&self, event: &PaymentEvent, hash: String) -> Result<WebhookReply> {
         // Lock order: product, hold, order. The product is locked because a failed payment
         // or an overdue hold gives stock back. A `paid` event for an ordered hold never
@@ -205,9 +206,11 @@ impl Service {
 struct Decision {
     /// `None`: it waits for the hold's order.
     outcome: Option<PaymentOutcome>,
+    /// The order it was settled against, if any.
     order_id: Option<i64>,
     /// The answer's `status`: the event's, or for `ignored` the order's.
     shown_status: String,
+    /// Units went back to the product.
     stock_released: bool,
     /// The product's public view changed without stock moving (a hold was pinned).
     view_changed: bool,

@@ -47,6 +47,14 @@ pub fn outcome_unapplied(status: PaymentStatus) -> PaymentOutcome {
     }
 }
 
+/// [`outcome_unapplied`] of each candidate.
+fn outcomes_unapplied(candidates: &[Candidate]) -> Vec<PaymentOutcome> {
+    candidates
+        .iter()
+        .map(|c| outcome_unapplied(c.status))
+        .collect()
+}
+
 /// Decides the order's fate from the events not yet applied, oldest first. A `paid` wins
 /// over any `failed`; a second `paid` is a double charge; anything after the order is final
 /// changes nothing. The caller holds the product, hold and order locks.
@@ -56,10 +64,7 @@ pub(crate) async fn settle(
     candidates: &[Candidate],
     now: i64,
 ) -> Result<Settlement> {
-    let mut outcomes: Vec<PaymentOutcome> = candidates
-        .iter()
-        .map(|c| outcome_unapplied(c.status))
-        .collect();
+    let mut outcomes = outcomes_unapplied(candidates);
     let mut order_status = o.status;
     let mut stock_released = false;
     if o.status == OrderStatus::Pending {
@@ -109,10 +114,7 @@ pub(crate) async fn settle_recorded_without_order(
     now: i64,
 ) -> Result<(Vec<PaymentOutcome>, bool)> {
     let stock_released = end_orderless_hold(conn, h).await?;
-    let outcomes: Vec<PaymentOutcome> = recorded
-        .iter()
-        .map(|c| outcome_unapplied(c.status))
-        .collect();
+    let outcomes = outcomes_unapplied(recorded);
     record_outcomes(conn, recorded, &outcomes, None, now).await?;
     Ok((outcomes, stock_released))
 }
