@@ -12,11 +12,17 @@ use crate::Result;
 /// One product's figures.
 #[derive(Clone, Debug, PartialEq, Eq, FromQueryResult)]
 pub struct AuditRow {
+    /// The product's id.
     pub product_id: i64,
+    /// The product's name.
     pub name: String,
+    /// All the product's units: available, held and ordered.
     pub total_stock: i64,
+    /// Units free to hold, as stored.
     pub available: i64,
+    /// Units of holds that say `active`, overdue ones included.
     pub held: i64,
+    /// Units of orders `pending` or `paid`.
     pub ordered: i64,
 }
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis::prelude::{Task, TaskBuilder, TaskSink};
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use sea_orm::DbBackend;
@@ -21,6 +21,7 @@ use crate::db::Db;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "ExpireHoldStored")]
 pub struct ExpireHold {
+    /// The holds reserved together.
     pub hold_ids: Vec<i64>,
 }
 
@@ -46,23 +47,18 @@ impl From<ExpireHoldStored> for ExpireHold {
 /// Applies payments recorded for a hold before its order existed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckPendingWebhook {
+    /// The hold whose order now exists.
     pub hold_id: i64,
 }
 
 /// Attempts a job gets before apalis stops re-running it; the sweep covers the rest.
 pub const MAX_ATTEMPTS: usize = 10;
 
-/// The apalis storages of this database.
+/// The apalis storages of this database, one per job.
 #[derive(Clone)]
-pub enum JobQueue {
-    Sqlite {
-        expire: SqliteStorage<ExpireHold>,
-        check: SqliteStorage<CheckPendingWebhook>,
-    },
-    Postgres {
-        expire: PostgresStorage<ExpireHold>,
-        check: PostgresStorage<CheckPendingWebhook>,
-    },
+pub struct JobQueue {
+    expire: Storage<ExpireHold>,
+    check: Storage<CheckPendingWebhook>,
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -76,22 +72,11 @@ impl std::fmt::Debug for JobQueue {
 const EXPIRY_SLACK_SECS: u64 = 1;
 
 impl JobQueue {
+    /// The storages of `db`'s back end; apalis's tables are set up by [`setup`].
     pub fn new(db: &Db) -> Self {
-        match db.backend() {
-            DbBackend::Postgres => {
-                let pool = db.conn.get_postgres_connection_pool();
-                Self::Postgres {
-                    expire: PostgresStorage::new(pool),
-                    check: PostgresStorage::new(pool),
-                }
-            }
-            _ => {
-                let pool = db.conn.get_sqlite_connection_pool();
-                Self::Sqlite {
-                    expire: SqliteStorage::new(pool),
-                    check: SqliteStorage::new(pool),
-                }
-            }
+        Self {
+            expire: Storage::new(db),
+            check: Storage::new(db),
         }
     }
 
@@ -108,21 +93,7 @@ impl JobQueue {
             .idempotency_key(format!("expire-holds-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
             .build();
-        let result = in_turn(db, async {
-            match self {
-                Self::Sqlite { expire, .. } => expire
-                    .clone()
-                    .push_task(task)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Self::Postgres { expire, .. } => expire
-                    .clone()
-                    .push_task(task)
-                    .await
-                    .map_err(|e| e.to_string()),
-            }
-        })
-        .await;
+        let result = in_turn(db, self.expire.push(task)).await;
         report("ExpireHold", hold_id, result);
     }
 
@@ -132,22 +103,48 @@ impl JobQueue {
             .idempotency_key(format!("check-webhook-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
             .build();
-        let result = in_turn(db, async {
-            match self {
-                Self::Sqlite { check, .. } => check
-                    .clone()
-                    .push_task(task)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Self::Postgres { check, .. } => check
-                    .clone()
-                    .push_task(task)
-                    .await
-                    .map_err(|e| e.to_string()),
-            }
-        })
-        .await;
+        let result = in_turn(db, self.check.push(task)).await;
         report("CheckPendingWebhook", hold_id, result);
+    }
+}
+
+/// The storage of job `J` in this database's back end. The two back ends' storages are
+/// different types with the same API.
+#[derive(Clone)]
+enum Storage<J> {
+    Sqlite(SqliteStorage<J>),
+    Postgres(PostgresStorage<J>),
+}
+
+impl<J> Storage<J> {
+    fn new(db: &Db) -> Self {
+        match db.backend() {
+            DbBackend::Postgres => {
+                Self::Postgres(PostgresStorage::new(db.conn.get_postgres_connection_pool()))
+            }
+            _ => Self::Sqlite(SqliteStorage::new(db.conn.get_sqlite_connection_pool())),
+        }
+    }
+
+    /// Queues `task`. `K`, the storages' kind, is apalis's: rustc infers it.
+    async fn push<K>(&self, task: Task<J>) -> Result<(), String>
+    where
+        SqliteStorage<J>: TaskSink<J, K, Error: std::fmt::Display> + Clone,
+        PostgresStorage<J>: TaskSink<J, K, Error: std::fmt::Display> + Clone,
+    {
+        // The two arms' errors are different types.
+        match self {
+            Self::Sqlite(storage) => storage
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
+            Self::Postgres(storage) => storage
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -158,6 +155,7 @@ async fn in_turn(db: &Db, push: impl Future<Output = Result<(), String>>) -> Res
     push.await
 }
 
+/// Logs how pushing job `job` for `hold_id` went.
 fn report(job: &str, hold_id: i64, result: Result<(), String>) {
     match result {
         Ok(()) => tracing::debug!(job, hold_id, "job queued"),

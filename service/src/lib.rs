@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod settlement;
 pub mod stock;
 pub mod upkeep;
 

@@ -1,23 +1,28 @@
 //! The payment provider's webhook: record every event once, apply it to its order when
-//! that exists, and answer every retry with the first answer.
+//! that exists, and answer every retry with the first answer. What an event does to its
+//! order is decided in [`crate::settlement`].
 
 use entity::{
     hold::{self, HoldStatus},
-    order::{self, OrderStatus},
+    order,
     payment::{self, PaymentOutcome, PaymentStatus},
 };
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
-    sea_query::{Expr, LockType},
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
+    sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{
     Service,
     holds::is_overdue,
-    is_unique_violation, now_ms, request_hash,
-    stock::{expire_hold, release_stock},
+    is_unique_violation,
+    locks::lock_order_of_hold,
+    now_ms, request_hash,
+    settlement::{
+        Candidate, end_orderless_hold, outcome_unapplied, record_outcomes, settle,
+        unapplied_payments,
+    },
     validate_idempotency_key,
 };
 use crate::{Error, Result, metrics::metrics};
@@ -25,16 +30,22 @@ use crate::{Error, Result, metrics::metrics};
 /// A validated payment event.
 #[derive(Clone, Debug)]
 pub struct PaymentEvent {
+    /// The provider's unique id of this event.
     pub idempotency_key: String,
+    /// The hold paid for.
     pub hold_id: i64,
+    /// What the provider says happened.
     pub status: PaymentStatus,
 }
 
 /// The JSON body of a webhook answer, stored so that retries get it byte for byte.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookBody {
+    /// The event's idempotency key.
     pub idempotency_key: String,
+    /// The hold paid for.
     pub hold_id: i64,
+    /// The order the event was applied to; `None` while it awaits the order.
     pub order_id: Option<i64>,
     /// The payment's status, except for `ignored`, where it is the order's current status.
     pub status: String,
@@ -42,11 +53,43 @@ pub struct WebhookBody {
     pub state: String,
 }
 
-/// A webhook answer: HTTP status, body, and whether it replays an earlier answer.
+/// What an event came to when it first arrived. Retries are answered with the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// Settled on arrival: applied to its order, ignored, or a refund is required.
+    Settled,
+    /// Recorded; applied once the hold's order exists.
+    AwaitingOrder,
+}
+
+impl WebhookOutcome {
+    /// The stored encoding of the outcome, in `payments.response_status`: 200 for
+    /// `Settled`, 202 for `AwaitingOrder`, the values every stored row has.
+    fn to_stored(self) -> i32 {
+        match self {
+            Self::Settled => 200,
+            Self::AwaitingOrder => 202,
+        }
+    }
+
+    /// Reads the stored encoding written by [`to_stored`](Self::to_stored).
+    fn from_stored(stored: i32) -> Self {
+        match stored {
+            200 => Self::Settled,
+            202 => Self::AwaitingOrder,
+            other => panic!("stored webhook outcome {other} is neither 200 nor 202"),
+        }
+    }
+}
+
+/// A webhook answer: the outcome, the body, and whether it replays an earlier answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookReply {
-    pub http_status: u16,
+    /// What the event came to when it first arrived.
+    pub outcome: WebhookOutcome,
+    /// The answer's body, byte for byte the first one's on a replay.
     pub body: WebhookBody,
+    /// `true` when this answers a retry.
     pub replayed: bool,
 }
 
@@ -81,6 +124,7 @@ impl PaymentEvent {
         })
     }
 
+    /// Hash of the fields that make two deliveries of one key the same event.
     fn hash(&self) -> String {
         request_hash(&[
             "payment",
@@ -112,6 +156,7 @@ impl Service {
         }
     }
 
+    /// Records `event`, first under its hold's locks, and applies it when it can.
     async fn record_payment(&self, event: &PaymentEvent, hash: String) -> Result<WebhookReply> {
         // Lock order: product, hold, order. The product is locked because a failed payment
         // or an overdue hold gives stock back. A `paid` event for an ordered hold never
@@ -139,242 +184,166 @@ impl Service {
             txn.rollback().await?;
             return Ok(reply);
         }
-        let existing_order = order::Entity::find()
-            .filter(order::Column::HoldId.eq(h.id))
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
+        let decision = match lock_order_of_hold(&*txn, h.id).await? {
+            Some(o) => decide_with_order(&*txn, event, &o, now).await?,
+            None => decide_without_order(&*txn, event, &h, now).await?,
+        };
+        assert!(
+            product_locked || !decision.stock_released,
+            "stock released without the product lock"
+        );
+        let reply = decision.reply(event);
+        store_payment(&*txn, event, hash, &decision, &reply, now).await?;
+        let view_changed = decision.stock_released || decision.view_changed;
+        self.commit_changing(txn, view_changed.then_some(h.product_id))
             .await?;
-        let mut stock_released = false;
-        let mut view_changed = false;
-        let (http_status, outcome, order_id, shown_status) = match existing_order {
-            Some(o) => {
-                let mut candidates = unapplied_payments(&*txn, h.id).await?;
-                candidates.push(Candidate {
-                    key: event.idempotency_key.clone(),
-                    status: event.status,
-                });
-                let settled = settle(&*txn, &o, &candidates, now).await?;
-                stock_released = settled.stock_released;
-                assert!(
-                    product_locked || !stock_released,
-                    "stock released without the product lock"
-                );
-                let (new, earlier) = settled.outcomes.split_last().expect("the new event");
-                record_outcomes(&*txn, &candidates, earlier, Some(o.id), now).await?;
-                let shown = match new {
-                    PaymentOutcome::Ignored => settled.order_status.to_value(),
-                    _ => event.status.to_value(),
-                };
-                (200, Some(*new), Some(o.id), shown)
-            }
-            None => {
-                assert_ne!(
-                    h.status,
-                    HoldStatus::Ordered,
-                    "hold {} ordered without order",
-                    h.id
-                );
-                if h.status == HoldStatus::Expired || is_overdue(&h, now) {
-                    if h.status == HoldStatus::Active {
-                        expire_hold(&*txn, &h).await?;
-                        stock_released = true;
-                    }
-                    let outcome = match event.status {
-                        PaymentStatus::Paid => PaymentOutcome::RefundRequired,
-                        PaymentStatus::Failed => PaymentOutcome::Ignored,
-                    };
-                    (200, Some(outcome), None, event.status.to_value())
-                } else if event.status == PaymentStatus::Paid && h.paid_at_ms.is_some() {
-                    // A second successful charge for one hold: a double charge.
-                    (
-                        200,
-                        Some(PaymentOutcome::RefundRequired),
-                        None,
-                        event.status.to_value(),
-                    )
-                } else {
-                    if event.status == PaymentStatus::Paid {
-                        pin_paid_hold(&*txn, h.id, now).await?;
-                        // A pinned hold never becomes free, but a read after its expiry
-                        // and before this commit counted it so.
-                        view_changed = true;
-                    }
-                    (202, None, None, event.status.to_value())
-                }
-            }
+        count_webhook(event, &decision, &reply.body);
+        Ok(reply)
+    }
+}
+
+/// What an arriving event comes to, decided under the locks before anything is stored.
+struct Decision {
+    /// `None`: it waits for the hold's order.
+    outcome: Option<PaymentOutcome>,
+    /// The order it was settled against, if any.
+    order_id: Option<i64>,
+    /// The answer's `status`: the event's, or for `ignored` the order's.
+    shown_status: String,
+    /// Units went back to the product.
+    stock_released: bool,
+    /// The product's public view changed without stock moving (a hold was pinned).
+    view_changed: bool,
+}
+
+impl Decision {
+    /// The first answer to `event`.
+    fn reply(&self, event: &PaymentEvent) -> WebhookReply {
+        let outcome = match self.outcome {
+            Some(_) => WebhookOutcome::Settled,
+            None => WebhookOutcome::AwaitingOrder,
         };
         let body = WebhookBody {
             idempotency_key: event.idempotency_key.clone(),
             hold_id: event.hold_id,
-            order_id,
-            status: shown_status,
-            state: outcome.map_or_else(|| "awaiting_order".to_owned(), |o| o.to_value()),
+            order_id: self.order_id,
+            status: self.shown_status.clone(),
+            state: self
+                .outcome
+                .map_or_else(|| "awaiting_order".to_owned(), |o| o.to_value()),
         };
-        payment::ActiveModel {
-            idempotency_key: Set(event.idempotency_key.clone()),
-            hold_id: Set(event.hold_id),
-            status: Set(event.status),
-            request_hash: Set(hash),
-            response_status: Set(i32::from(http_status)),
-            response_body: Set(serde_json::to_string(&body).expect("serialisable")),
-            outcome: Set(outcome),
-            order_id: Set(order_id),
-            applied_at_ms: Set(outcome.map(|_| now)),
-            created_at_ms: Set(now),
-        }
-        .insert(&*txn)
-        .await?;
-        self.commit_changing(
-            txn,
-            (stock_released || view_changed).then_some(h.product_id),
-        )
-        .await?;
-        let m = metrics();
-        m.webhooks.with_label_values(&[body.state.as_str()]).inc();
-        if outcome == Some(PaymentOutcome::RefundRequired) {
-            m.refund_required.inc();
-            tracing::warn!(
-                idempotency_key = %event.idempotency_key,
-                hold_id = event.hold_id,
-                order_id,
-                "payment cannot be honoured: refund required"
-            );
-        }
-        Ok(WebhookReply {
-            http_status,
+        WebhookReply {
+            outcome,
             body,
             replayed: false,
-        })
-    }
-}
-
-/// A recorded or arriving payment event taking part in a settlement.
-pub(super) struct Candidate {
-    pub key: String,
-    pub status: PaymentStatus,
-}
-
-/// What settling an order's payments did.
-pub(super) struct Settlement {
-    pub order_status: OrderStatus,
-    /// One per candidate, in the same order.
-    pub outcomes: Vec<PaymentOutcome>,
-    pub stock_released: bool,
-}
-
-/// Decides the order's fate from the events not yet applied, oldest first. A `paid` wins
-/// over any `failed`; a second `paid` is a double charge; anything after the order is final
-/// changes nothing. The caller holds the product, hold and order locks.
-pub(super) async fn settle(
-    conn: &impl ConnectionTrait,
-    o: &order::Model,
-    candidates: &[Candidate],
-    now: i64,
-) -> Result<Settlement> {
-    let mut outcomes: Vec<PaymentOutcome> = candidates
-        .iter()
-        .map(|c| match c.status {
-            PaymentStatus::Paid => PaymentOutcome::RefundRequired,
-            PaymentStatus::Failed => PaymentOutcome::Ignored,
-        })
-        .collect();
-    let mut order_status = o.status;
-    let mut stock_released = false;
-    if o.status == OrderStatus::Pending {
-        let winner = candidates
-            .iter()
-            .position(|c| c.status == PaymentStatus::Paid)
-            .or(if candidates.is_empty() { None } else { Some(0) });
-        if let Some(winner) = winner {
-            order_status = match candidates[winner].status {
-                PaymentStatus::Paid => OrderStatus::Paid,
-                PaymentStatus::Failed => OrderStatus::Cancelled,
-            };
-            finish_order(conn, o, order_status, now).await?;
-            if order_status == OrderStatus::Cancelled {
-                release_stock(conn, o.product_id, o.qty).await?;
-                stock_released = true;
-            }
-            outcomes[winner] = PaymentOutcome::Applied;
         }
     }
-    Ok(Settlement {
-        order_status,
-        outcomes,
-        stock_released,
+}
+
+/// Settles `event` against its hold's order, along with the events recorded before the
+/// order existed (they are older, so they come first).
+async fn decide_with_order(
+    conn: &impl ConnectionTrait,
+    event: &PaymentEvent,
+    o: &order::Model,
+    now: i64,
+) -> Result<Decision> {
+    let mut candidates = unapplied_payments(conn, o.hold_id).await?;
+    candidates.push(Candidate {
+        key: event.idempotency_key.clone(),
+        status: event.status,
+    });
+    let settled = settle(conn, o, &candidates, now).await?;
+    let (new, earlier) = settled.outcomes.split_last().expect("the new event");
+    record_outcomes(conn, &candidates, earlier, Some(o.id), now).await?;
+    let shown_status = match new {
+        PaymentOutcome::Ignored => settled.order_status.to_value(),
+        _ => event.status.to_value(),
+    };
+    Ok(Decision {
+        outcome: Some(*new),
+        order_id: Some(o.id),
+        shown_status,
+        stock_released: settled.stock_released,
+        view_changed: false,
     })
 }
 
-/// Moves a pending order to `status`.
-pub(super) async fn finish_order(
+/// Decides `event` for hold `h`, which has no order: settled at once when the order can
+/// never come or the hold is paid already, else recorded to wait for the order.
+async fn decide_without_order(
     conn: &impl ConnectionTrait,
-    o: &order::Model,
-    status: OrderStatus,
+    event: &PaymentEvent,
+    h: &hold::Model,
     now: i64,
-) -> Result<()> {
-    let res = order::Entity::update_many()
-        .col_expr(order::Column::Status, Expr::value(status.to_value()))
-        .col_expr(order::Column::UpdatedAtMs, Expr::value(now))
-        .filter(order::Column::Id.eq(o.id))
-        .filter(order::Column::Status.eq(OrderStatus::Pending))
-        .exec(conn)
-        .await?;
-    assert_eq!(
-        res.rows_affected, 1,
-        "order {} changed under its lock",
-        o.id
+) -> Result<Decision> {
+    assert_ne!(
+        h.status,
+        HoldStatus::Ordered,
+        "hold {} ordered without order",
+        h.id
     );
-    let event = match status {
-        OrderStatus::Paid => "paid",
-        OrderStatus::Cancelled => "cancelled",
-        OrderStatus::Pending => "pending",
+    let mut decision = Decision {
+        outcome: None,
+        order_id: None,
+        shown_status: event.status.to_value(),
+        stock_released: false,
+        view_changed: false,
     };
-    metrics().orders.with_label_values(&[event]).inc();
-    Ok(())
+    if h.status == HoldStatus::Expired || is_overdue(h, now) {
+        decision.stock_released = end_orderless_hold(conn, h).await?;
+        decision.outcome = Some(outcome_unapplied(event.status));
+    } else if event.status == PaymentStatus::Paid && h.paid_at_ms.is_some() {
+        // A second successful charge for one hold: a double charge.
+        decision.outcome = Some(outcome_unapplied(event.status));
+    } else if event.status == PaymentStatus::Paid {
+        pin_paid_hold(conn, h.id, now).await?;
+        // A pinned hold never becomes free, but a read after its expiry and before this
+        // commit counted it so.
+        decision.view_changed = true;
+    }
+    Ok(decision)
 }
 
-/// Recorded events of `hold_id` still waiting for its order, oldest first.
-pub(super) async fn unapplied_payments(
+/// Stores `event` with its first answer, so that every retry gets that answer.
+async fn store_payment(
     conn: &impl ConnectionTrait,
-    hold_id: i64,
-) -> Result<Vec<Candidate>> {
-    Ok(payment::Entity::find()
-        .filter(payment::Column::HoldId.eq(hold_id))
-        .filter(payment::Column::Outcome.is_null())
-        .order_by_asc(payment::Column::CreatedAtMs)
-        .order_by_asc(payment::Column::IdempotencyKey)
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|p| Candidate {
-            key: p.idempotency_key,
-            status: p.status,
-        })
-        .collect())
-}
-
-/// Stores the outcomes of recorded events settled along with a newer one.
-pub(super) async fn record_outcomes(
-    conn: &impl ConnectionTrait,
-    candidates: &[Candidate],
-    outcomes: &[PaymentOutcome],
-    order_id: Option<i64>,
+    event: &PaymentEvent,
+    hash: String,
+    decision: &Decision,
+    reply: &WebhookReply,
     now: i64,
 ) -> Result<()> {
-    for (c, outcome) in candidates.iter().zip(outcomes) {
-        if *outcome == PaymentOutcome::RefundRequired {
-            metrics().refund_required.inc();
-        }
-        payment::Entity::update_many()
-            .col_expr(payment::Column::Outcome, Expr::value(outcome.to_value()))
-            .col_expr(payment::Column::OrderId, Expr::value(order_id))
-            .col_expr(payment::Column::AppliedAtMs, Expr::value(now))
-            .filter(payment::Column::IdempotencyKey.eq(c.key.as_str()))
-            .filter(payment::Column::Outcome.is_null())
-            .exec(conn)
-            .await?;
+    payment::ActiveModel {
+        idempotency_key: Set(event.idempotency_key.clone()),
+        hold_id: Set(event.hold_id),
+        status: Set(event.status),
+        request_hash: Set(hash),
+        response_status: Set(reply.outcome.to_stored()),
+        response_body: Set(serde_json::to_string(&reply.body).expect("serialisable")),
+        outcome: Set(decision.outcome),
+        order_id: Set(decision.order_id),
+        applied_at_ms: Set(decision.outcome.map(|_| now)),
+        created_at_ms: Set(now),
     }
+    .insert(conn)
+    .await?;
     Ok(())
+}
+
+/// Counts the webhook by its state, and flags a payment that must be refunded.
+fn count_webhook(event: &PaymentEvent, decision: &Decision, body: &WebhookBody) {
+    let m = metrics();
+    m.webhooks.with_label_values(&[body.state.as_str()]).inc();
+    if decision.outcome == Some(PaymentOutcome::RefundRequired) {
+        m.refund_required.inc();
+        tracing::warn!(
+            idempotency_key = %event.idempotency_key,
+            hold_id = event.hold_id,
+            order_id = decision.order_id,
+            "payment cannot be honoured: refund required"
+        );
+    }
 }
 
 /// Records that the customer paid: the hold stops expiring.
@@ -401,8 +370,22 @@ async fn replay(
         return Err(Error::IdempotencyKeyReused);
     }
     Ok(Some(WebhookReply {
-        http_status: u16::try_from(p.response_status).expect("stored HTTP status"),
+        outcome: WebhookOutcome::from_stored(p.response_status),
         body: serde_json::from_str(&p.response_body).expect("stored answer is valid JSON"),
         replayed: true,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_outcome_is_the_http_status_of_the_first_answer() {
+        assert_eq!(WebhookOutcome::Settled.to_stored(), 200);
+        assert_eq!(WebhookOutcome::AwaitingOrder.to_stored(), 202);
+        for outcome in [WebhookOutcome::Settled, WebhookOutcome::AwaitingOrder] {
+            assert_eq!(WebhookOutcome::from_stored(outcome.to_stored()), outcome);
+        }
+    }
 }

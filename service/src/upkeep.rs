@@ -6,21 +6,23 @@
 use entity::{
     hold::{self, HoldStatus},
     order::{self, OrderStatus},
-    payment::{self, PaymentOutcome, PaymentStatus},
+    payment::{self, PaymentOutcome},
 };
 use sea_orm::{
     ActiveEnum, ColumnTrait, Condition, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait,
-    sea_query::{Expr, LockType},
+    QueryOrder, QuerySelect, RelationTrait, sea_query::Expr,
 };
 
 use super::{
     Service,
     holds::is_overdue,
-    locks::lock_product,
+    locks::{lock_hold, lock_order_of_hold, lock_product},
     now_ms,
-    payments::{Candidate, finish_order, record_outcomes, settle, unapplied_payments},
-    stock::{expire_hold, reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
+    settlement::{
+        finish_order, log_refunds, settle_recorded, settle_recorded_without_order,
+        unapplied_payments,
+    },
+    stock::{reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
 };
 use crate::Result;
 
@@ -128,41 +130,25 @@ impl Service {
             return Ok(0);
         }
         let now = now_ms();
-        let existing_order = order::Entity::find()
-            .filter(order::Column::HoldId.eq(hold_id))
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?;
-        let mut stock_released = false;
-        match existing_order {
+        let stock_released = match lock_order_of_hold(&*txn, hold_id).await? {
             Some(o) => {
-                let settled = settle(&*txn, &o, &candidates, now).await?;
-                stock_released = settled.stock_released;
-                record_outcomes(&*txn, &candidates, &settled.outcomes, Some(o.id), now).await?;
+                let settled = settle_recorded(&*txn, &o, &candidates, now).await?;
                 tracing::info!(hold_id, order_id = o.id, order_status = %settled.order_status.to_value(), "recorded payments applied");
                 log_refunds(&candidates, &settled.outcomes, hold_id);
+                settled.stock_released
             }
+            // The order can never come: nothing to apply these to.
             None if h.status == HoldStatus::Expired || is_overdue(&h, now) => {
-                // The order can never come: nothing to apply these to.
-                if h.status == HoldStatus::Active {
-                    expire_hold(&*txn, &h).await?;
-                    stock_released = true;
-                }
-                let outcomes: Vec<PaymentOutcome> = candidates
-                    .iter()
-                    .map(|c| match c.status {
-                        PaymentStatus::Paid => PaymentOutcome::RefundRequired,
-                        PaymentStatus::Failed => PaymentOutcome::Ignored,
-                    })
-                    .collect();
-                record_outcomes(&*txn, &candidates, &outcomes, None, now).await?;
+                let (outcomes, stock_released) =
+                    settle_recorded_without_order(&*txn, &h, &candidates, now).await?;
                 log_refunds(&candidates, &outcomes, hold_id);
+                stock_released
             }
             None => {
                 txn.rollback().await?;
                 return Ok(0);
             }
-        }
+        };
         self.commit_changing(txn, stock_released.then_some(h.product_id))
             .await?;
         Ok(candidates.len())
@@ -178,14 +164,10 @@ impl Service {
             return Ok(false);
         };
         let txn = self.db.begin_write().await?;
+        // The lock order: product, hold, order.
         lock_product(&*txn, o.product_id).await?;
-        hold::Entity::find_by_id(o.hold_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?;
-        let o = order::Entity::find_by_id(order_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
+        lock_hold(&*txn, o.hold_id).await?;
+        let o = lock_order_of_hold(&*txn, o.hold_id)
             .await?
             .expect("orders are never deleted");
         let now = now_ms();
@@ -200,8 +182,7 @@ impl Service {
             release_stock(&*txn, o.product_id, o.qty).await?;
             true
         } else {
-            let settled = settle(&*txn, &o, &candidates, now).await?;
-            record_outcomes(&*txn, &candidates, &settled.outcomes, Some(o.id), now).await?;
+            let settled = settle_recorded(&*txn, &o, &candidates, now).await?;
             settled.order_status == OrderStatus::Cancelled
         };
         self.commit_changing(txn, cancelled.then_some(o.product_id))
@@ -216,7 +197,24 @@ impl Service {
     pub async fn sweep_once(&self) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let now = now_ms();
+        self.sweep_overdue_holds(now, &mut report).await?;
+        self.sweep_recorded_payments(now, &mut report).await?;
+        self.sweep_unpaid_orders(now, &mut report).await?;
+        // Hold idempotency keys are forgotten after their retention; payments are the ledger
+        // of what the provider told us and keep their keys.
+        match self.prune_idempotency_keys(now).await {
+            Ok(n) => report.pruned_keys = n,
+            Err(e) => report.failed(e, "prune idempotency keys", 0),
+        }
+        report.refund_required = payment::Entity::find()
+            .filter(payment::Column::Outcome.eq(PaymentOutcome::RefundRequired))
+            .count(&self.db.conn)
+            .await?;
+        Ok(report)
+    }
 
+    /// Expires the overdue holds of up to [`SWEEP_BATCH`] products.
+    async fn sweep_overdue_holds(&self, now: i64, report: &mut SweepReport) -> Result<()> {
         let products: Vec<i64> = hold::Entity::find()
             .select_only()
             .column(hold::Column::ProductId)
@@ -234,7 +232,11 @@ impl Service {
                 Err(e) => report.failed(e, "expire overdue holds of product", product_id),
             }
         }
+        Ok(())
+    }
 
+    /// Settles the recorded payments of up to [`SWEEP_BATCH`] holds.
+    async fn sweep_recorded_payments(&self, now: i64, report: &mut SweepReport) -> Result<()> {
         // Only events that can be settled now: their hold has its order, or will never
         // have one. A live hold's events (paid ones pin it) wait for the order.
         let settleable = Condition::any()
@@ -263,7 +265,11 @@ impl Service {
                 Err(e) => report.failed(e, "settle recorded payments", hold_id),
             }
         }
+        Ok(())
+    }
 
+    /// Cancels up to [`SWEEP_BATCH`] orders left unpaid past their deadline.
+    async fn sweep_unpaid_orders(&self, now: i64, report: &mut SweepReport) -> Result<()> {
         let unpaid: Vec<i64> = order::Entity::find()
             .select_only()
             .column(order::Column::Id)
@@ -280,19 +286,7 @@ impl Service {
                 Err(e) => report.failed(e, "cancel unpaid order", order_id),
             }
         }
-
-        // Hold idempotency keys are forgotten after their retention; payments are the ledger
-        // of what the provider told us and keep their keys.
-        match self.prune_idempotency_keys(now).await {
-            Ok(n) => report.pruned_keys = n,
-            Err(e) => report.failed(e, "prune idempotency keys", 0),
-        }
-
-        report.refund_required = payment::Entity::find()
-            .filter(payment::Column::Outcome.eq(PaymentOutcome::RefundRequired))
-            .count(&self.db.conn)
-            .await?;
-        Ok(report)
+        Ok(())
     }
 
     /// Forgets the idempotency keys of holds created longer ago than their retention, one
@@ -358,13 +352,5 @@ impl Service {
             .limit(limit)
             .all(&self.db.conn)
             .await?)
-    }
-}
-
-fn log_refunds(candidates: &[Candidate], outcomes: &[PaymentOutcome], hold_id: i64) {
-    for (c, o) in candidates.iter().zip(outcomes) {
-        if *o == PaymentOutcome::RefundRequired {
-            tracing::warn!(idempotency_key = %c.key, hold_id, "payment cannot be honoured: refund required");
-        }
     }
 }

@@ -1,10 +1,16 @@
-//! The worker's loops: apalis workers for `ExpireHold` and `CheckPendingWebhook`, and the
-//! periodic sweep. `flashsale-worker run` runs them as their own process;
-//! `flashsale-api --with-worker` runs them beside the API in one process.
+//! The worker's loops: an apalis worker for each job in `jobs` (`ExpireHold`,
+//! `CheckPendingWebhook`), and the periodic sweep of [`sweep`]. `flashsale-worker run`
+//! runs them as their own process; `flashsale-api --with-worker` runs them beside the API
+//! in one process.
 //!
 //! An apalis worker ends when its backend fails (a heartbeat or a fetch that cannot reach
 //! the database); the monitor then starts it again, after a backoff that grows while the
 //! restarts keep failing. [`Liveness`] records each worker's last heartbeat for `/ready`.
+
+pub mod commands;
+mod jobs;
+pub mod metrics_server;
+pub mod sweep;
 
 use std::{
     future::Future,
@@ -21,13 +27,15 @@ use apalis::{
 };
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
+use sea_orm::DbBackend;
 use tokio::sync::watch;
 
 use service::{
     Service,
     jobs::{CheckPendingWebhook, ExpireHold, POLL_INTERVAL},
-    upkeep::Expiry,
 };
+
+use crate::jobs::Job;
 
 /// Heartbeat of each apalis worker; jobs of a worker silent for three beats (a killed
 /// process) are run again by the next worker that polls.
@@ -41,11 +49,21 @@ const RETRIES: usize = 3;
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// The job workers of this process.
+/// The job workers of this process, one per job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum JobWorker {
+pub(crate) enum JobWorker {
     ExpireHold = 0,
     CheckPendingWebhook = 1,
+}
+
+impl JobWorker {
+    /// The start of its apalis name.
+    fn name(self) -> &'static str {
+        match self {
+            Self::ExpireHold => "expire-hold",
+            Self::CheckPendingWebhook => "check-webhook",
+        }
+    }
 }
 
 /// What one job worker did last.
@@ -106,47 +124,6 @@ fn backoff(failed: u32) -> Duration {
     }
 }
 
-fn count(job: &str, result: &str) {
-    service::metrics::metrics()
-        .jobs
-        .with_label_values(&[job, result])
-        .inc();
-}
-
-async fn expire_hold(job: ExpireHold, svc: Data<Service>) -> Result<(), BoxDynError> {
-    let outcome = svc.expire_holds_if_due(&job.hold_ids).await;
-    count(
-        "expire_hold",
-        match &outcome {
-            Ok(Expiry::NotYetDue) => "not_due",
-            Ok(_) => "ok",
-            Err(_) => "error",
-        },
-    );
-    match outcome? {
-        // Fail so that the retry policy runs it again a little later.
-        Expiry::NotYetDue => Err(format!("holds {:?} are not all due yet", job.hold_ids).into()),
-        outcome => {
-            tracing::debug!(hold_ids = ?job.hold_ids, ?outcome, "ExpireHold done");
-            Ok(())
-        }
-    }
-}
-
-async fn check_pending_webhook(
-    job: CheckPendingWebhook,
-    svc: Data<Service>,
-) -> Result<(), BoxDynError> {
-    let settled = svc.settle_recorded_payments(job.hold_id).await;
-    count(
-        "check_pending_webhook",
-        if settled.is_ok() { "ok" } else { "error" },
-    );
-    let settled = settled?;
-    tracing::debug!(hold_id = job.hold_id, settled, "CheckPendingWebhook done");
-    Ok(())
-}
-
 fn retry_policy() -> BackoffRetryPolicy<ExponentialBackoff> {
     let backoff = ExponentialBackoffMaker::new(
         Duration::from_millis(100),
@@ -159,6 +136,61 @@ fn retry_policy() -> BackoffRetryPolicy<ExponentialBackoff> {
     RetryPolicy::retries(RETRIES).with_backoff(backoff)
 }
 
+/// What every job worker of this process shares.
+#[derive(Clone)]
+struct Wiring {
+    svc: Service,
+    /// This process's part of every worker name.
+    tag: String,
+    liveness: Liveness,
+}
+
+/// The apalis worker factory of job `$job` on storage `$storage` (with its `$config`
+/// type) over `$pool`. Each start gets its own name: apalis refuses a name that was alive
+/// within the heartbeat window.
+macro_rules! job_worker {
+    ($storage:ident, $config:path, $pool:expr, $wiring:expr, $job:ty) => {{
+        let (pool, wiring) = ($pool.clone(), $wiring.clone());
+        move |restarts| {
+            let worker = <$job as Job>::WORKER;
+            let config = <$config>::default()
+                .queue(std::any::type_name::<$job>())
+                .heartbeat_interval(HEARTBEAT)
+                .missed_heartbeats(MISSED_HEARTBEATS);
+            let backend = $storage::<$job>::new(&pool).with_config(config);
+            let delay = wiring.liveness.restart_delay(worker);
+            let liveness = wiring.liveness.clone();
+            WorkerBuilder::new(format!("{}-{}-{restarts}", worker.name(), wiring.tag))
+                .backend(
+                    backend
+                        .poll_with_strategy(Strategy::new().interval(POLL_INTERVAL))
+                        .before_start(move |_| restart_after(delay)),
+                )
+                .on_event(move |_, event| liveness.observe(worker, event))
+                .data(wiring.svc.clone())
+                .retry(retry_policy())
+                .build(jobs::handle::<$job>)
+        }
+    }};
+}
+
+/// The apalis monitor of every job worker on storage `$storage`. The two back ends'
+/// storages are different types with the same API, hence a macro.
+macro_rules! monitor {
+    ($storage:ident, $config:path, $pool:expr, $wiring:expr) => {
+        Monitor::new()
+            .register(job_worker!($storage, $config, $pool, $wiring, ExpireHold))
+            .register(job_worker!(
+                $storage,
+                $config,
+                $pool,
+                $wiring,
+                CheckPendingWebhook
+            ))
+            .should_restart(should_restart)
+    };
+}
+
 /// Runs the job workers and the sweep until `shutdown` resolves; jobs in flight finish.
 /// A job worker whose database goes away is restarted until it reaches it again;
 /// `liveness` tells meanwhile whether they all run.
@@ -169,7 +201,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sweeper = tokio::spawn(sweep_loop(svc.clone(), sweep_interval, stop_rx.clone()));
+    let sweeper = tokio::spawn(sweep::sweep_loop(
+        svc.clone(),
+        sweep_interval,
+        stop_rx.clone(),
+    ));
     // Unique per process: apalis refuses a worker name seen within the heartbeat window.
     let tag = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let signal = async move {
@@ -177,65 +213,24 @@ pub async fn run(
         let _ = stop_tx.send(true);
         Ok(())
     };
-    // The two back ends' storages are different types with the same API. Each start gets
-    // its own name: apalis refuses a name that was alive within the heartbeat window.
-    macro_rules! monitor {
-        ($storage:ident, $config:path, $pool:expr) => {{
-            let (p1, p2) = ($pool.clone(), $pool.clone());
-            let (s1, s2, t1, t2) = (svc.clone(), svc.clone(), tag.clone(), tag.clone());
-            let (l1, l2) = (liveness.clone(), liveness.clone());
-            Monitor::new()
-                .register(move |restarts| {
-                    let worker = JobWorker::ExpireHold;
-                    let config = <$config>::default()
-                        .queue(std::any::type_name::<ExpireHold>())
-                        .heartbeat_interval(HEARTBEAT)
-                        .missed_heartbeats(MISSED_HEARTBEATS);
-                    let backend = $storage::<ExpireHold>::new(&p1).with_config(config);
-                    let (delay, liveness) = (l1.restart_delay(worker), l1.clone());
-                    WorkerBuilder::new(format!("expire-hold-{t1}-{restarts}"))
-                        .backend(
-                            backend
-                                .poll_with_strategy(Strategy::new().interval(POLL_INTERVAL))
-                                .before_start(move |_| restart_after(delay)),
-                        )
-                        .on_event(move |_, event| liveness.observe(worker, event))
-                        .data(s1.clone())
-                        .retry(retry_policy())
-                        .build(expire_hold)
-                })
-                .register(move |restarts| {
-                    let worker = JobWorker::CheckPendingWebhook;
-                    let config = <$config>::default()
-                        .queue(std::any::type_name::<CheckPendingWebhook>())
-                        .heartbeat_interval(HEARTBEAT)
-                        .missed_heartbeats(MISSED_HEARTBEATS);
-                    let backend = $storage::<CheckPendingWebhook>::new(&p2).with_config(config);
-                    let (delay, liveness) = (l2.restart_delay(worker), l2.clone());
-                    WorkerBuilder::new(format!("check-webhook-{t2}-{restarts}"))
-                        .backend(
-                            backend
-                                .poll_with_strategy(Strategy::new().interval(POLL_INTERVAL))
-                                .before_start(move |_| restart_after(delay)),
-                        )
-                        .on_event(move |_, event| liveness.observe(worker, event))
-                        .data(s2.clone())
-                        .retry(retry_policy())
-                        .build(check_pending_webhook)
-                })
-                .should_restart(should_restart)
-        }};
-    }
-    let monitor = match &svc.jobs {
-        service::jobs::JobQueue::Sqlite { .. } => monitor!(
-            SqliteStorage,
-            apalis_sqlite::Config,
-            svc.db.conn.get_sqlite_connection_pool()
-        ),
-        service::jobs::JobQueue::Postgres { .. } => monitor!(
+    let wiring = Wiring {
+        svc: svc.clone(),
+        tag,
+        liveness,
+    };
+    // The same choice of back end as the service's job queue.
+    let monitor = match svc.db.backend() {
+        DbBackend::Postgres => monitor!(
             PostgresStorage,
             apalis_postgres::Config,
-            svc.db.conn.get_postgres_connection_pool()
+            svc.db.conn.get_postgres_connection_pool(),
+            wiring
+        ),
+        _ => monitor!(
+            SqliteStorage,
+            apalis_sqlite::Config,
+            svc.db.conn.get_sqlite_connection_pool(),
+            wiring
         ),
     };
     tracing::info!(
@@ -263,25 +258,6 @@ fn should_restart(worker: &WorkerContext, error: &WorkerError) -> bool {
         tracing::warn!(worker = worker.name(), %error, "job worker failed; restarting it");
     }
     restart
-}
-
-async fn sweep_loop(svc: Service, interval: Duration, mut stop: watch::Receiver<bool>) {
-    // The first sweep comes one interval after start: the jobs come first, the sweep is the net.
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let report = svc.sweep_once().await;
-        count("sweep", if report.is_ok() { "ok" } else { "error" });
-        match report {
-            Ok(report) if report.is_idle() => tracing::debug!(?report, "sweep: nothing to do"),
-            Ok(report) => tracing::info!(?report, "sweep"),
-            Err(e) => tracing::warn!(error = %e, "sweep failed; retrying at the next interval"),
-        }
-    }
 }
 
 #[cfg(test)]

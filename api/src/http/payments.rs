@@ -8,14 +8,16 @@ use serde::Deserialize;
 use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed, signature};
-use service::payments::{PaymentEvent, WebhookBody, WebhookReply};
+use service::payments::{PaymentEvent, WebhookBody, WebhookOutcome, WebhookReply};
 
 /// The payment's result.
 #[derive(Debug, Enum, Deserialize, Clone, Copy)]
 #[oai(rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum PaymentStatus {
+    /// The customer was charged.
     Paid,
+    /// The charge did not go through.
     Failed,
 }
 
@@ -95,6 +97,7 @@ impl Example for WebhookAnswer {
     }
 }
 
+/// The answers of `POST /api/payments/webhook` that record the event.
 #[derive(ApiResponse)]
 pub enum WebhookResponse {
     /// Applied, ignored or refund required. `Idempotent-Replayed: true` on a retry.
@@ -114,10 +117,9 @@ pub enum WebhookResponse {
 impl From<WebhookReply> for WebhookResponse {
     fn from(r: WebhookReply) -> Self {
         let header = replayed(r.replayed);
-        match r.http_status {
-            202 => Self::Accepted(Json(r.body.into()), header),
-            200 => Self::Done(Json(r.body.into()), header),
-            other => unreachable!("webhook answers are 200 or 202, not {other}"),
+        match r.outcome {
+            WebhookOutcome::Settled => Self::Done(Json(r.body.into()), header),
+            WebhookOutcome::AwaitingOrder => Self::Accepted(Json(r.body.into()), header),
         }
     }
 }
@@ -134,6 +136,7 @@ operation_errors!(
     }
 );
 
+/// The `Payments` operations.
 pub struct PaymentsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Payments")]
