@@ -7,10 +7,10 @@ use entity::{
 };
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QuerySelect, Set, sea_query::Expr,
+    QuerySelect, Set,
 };
 
-use super::{Service, holds::is_overdue, locks::lock_hold, now_ms};
+use super::{Service, holds::is_overdue, locks::lock_hold, now_ms, stock::order_hold};
 use crate::{Error, Result, metrics::metrics};
 
 /// Where an order is in its life, as the service reports it.
@@ -147,7 +147,7 @@ impl Service {
 }
 
 /// Inserts the pending order of the active hold `h`, locked by the caller, and marks the
-/// hold ordered: its units pass from the hold to the order, so no stock moves.
+/// hold ordered.
 async fn insert_order(
     conn: &impl ConnectionTrait,
     h: &hold::Model,
@@ -173,15 +173,6 @@ async fn insert_order(
     }
     .insert(conn)
     .await?;
-    let res = hold::Entity::update_many()
-        .col_expr(
-            hold::Column::Status,
-            Expr::value(HoldStatus::Ordered.to_value()),
-        )
-        .filter(hold::Column::Id.eq(h.id))
-        .filter(hold::Column::Status.eq(HoldStatus::Active))
-        .exec(conn)
-        .await?;
-    assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
+    order_hold(conn, h).await?;
     Ok(o)
 }
