@@ -76,7 +76,9 @@ pub struct WorkerConfig {
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// One human-readable line per event.
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 

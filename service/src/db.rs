@@ -24,6 +24,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x666c_6173_6873_616c; // "flashsal"
 /// A database handle shared by every request of a process.
 #[derive(Clone, Debug)]
 pub struct Db {
+    /// The pool every statement outside a [`WriteTxn`] runs on.
     pub conn: DatabaseConnection,
     /// SQLite only: lets one transaction of this process write at a time, so our own
     /// writers queue in order here instead of spinning in SQLite's busy handler.
@@ -53,14 +54,14 @@ impl std::ops::Deref for WriteTxn {
 impl WriteTxn {
     /// Commits. A failure here leaves the outcome unknown (the server may have committed
     /// just before the connection failed), so it is never reported as "unavailable,
-    /// nothing written": the error is an internal one whatever its cause.
-    pub async fn commit(self) -> Result<(), DbErr> {
-        self.txn
-            .commit()
-            .await
-            .map_err(|e| DbErr::Custom(format!("commit failed, outcome unknown: {e}")))
+    /// nothing written": the error says the outcome is unknown, whatever its cause.
+    pub async fn commit(self) -> crate::Result<()> {
+        self.txn.commit().await.map_err(|e| {
+            crate::Error::OutcomeUnknown(format!("commit failed, outcome unknown: {e}"))
+        })
     }
 
+    /// Rolls back: nothing of the transaction was written.
     pub async fn rollback(self) -> Result<(), DbErr> {
         self.txn.rollback().await
     }
@@ -109,6 +110,7 @@ impl Db {
         })
     }
 
+    /// Which database this is: PostgreSQL or SQLite.
     pub fn backend(&self) -> DbBackend {
         self.conn.get_database_backend()
     }
@@ -116,62 +118,67 @@ impl Db {
     /// Applies pending migrations; safe when several processes start at once.
     pub async fn migrate(&self) -> Result<(), DbErr> {
         match self.backend() {
-            DbBackend::Postgres => {
-                use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
-                // The lock is held on a connection of its own, outside the pool: the
-                // migrations need pool connections meanwhile, and a pool of one would wait
-                // for the lock's connection for ever.
-                let pool = self.conn.get_postgres_connection_pool();
-                let mut lock_conn = pool.connect_options().connect().await.map_err(sqlx_err)?;
-                // Another process's migrations may take longer than a request's lock wait:
-                // this connection, and only it, waits for the lock as long as they take.
-                sqlx::query("SET lock_timeout = 0")
-                    .execute(&mut lock_conn)
-                    .await
-                    .map_err(sqlx_err)?;
-                sqlx::query("SELECT pg_advisory_lock($1)")
-                    .bind(MIGRATION_LOCK_KEY)
-                    .execute(&mut lock_conn)
-                    .await
-                    .map_err(sqlx_err)?;
-                let result = match Migrator::up(&self.conn, None).await {
-                    Ok(()) => crate::jobs::setup(self).await,
-                    Err(e) => Err(e),
-                };
-                sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(MIGRATION_LOCK_KEY)
-                    .execute(&mut lock_conn)
-                    .await
-                    .map_err(sqlx_err)?;
-                lock_conn.close().await.map_err(sqlx_err)?;
-                result
+            DbBackend::Postgres => self.migrate_under_advisory_lock().await,
+            _ => self.migrate_with_retries().await,
+        }
+    }
+
+    /// The migrations, then the job queue's tables.
+    async fn migrate_once(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.conn, None).await?;
+        crate::jobs::setup(self).await
+    }
+
+    /// PostgreSQL: migrates while holding an advisory lock, so that processes starting
+    /// together migrate one after another.
+    async fn migrate_under_advisory_lock(&self) -> Result<(), DbErr> {
+        use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _};
+        // The lock is held on a connection of its own, outside the pool: the
+        // migrations need pool connections meanwhile, and a pool of one would wait
+        // for the lock's connection for ever.
+        let pool = self.conn.get_postgres_connection_pool();
+        let mut lock_conn = pool.connect_options().connect().await.map_err(sqlx_err)?;
+        // Another process's migrations may take longer than a request's lock wait:
+        // this connection, and only it, waits for the lock as long as they take.
+        sqlx::query("SET lock_timeout = 0")
+            .execute(&mut lock_conn)
+            .await
+            .map_err(sqlx_err)?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK_KEY)
+            .execute(&mut lock_conn)
+            .await
+            .map_err(sqlx_err)?;
+        let result = self.migrate_once().await;
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK_KEY)
+            .execute(&mut lock_conn)
+            .await
+            .map_err(sqlx_err)?;
+        lock_conn.close().await.map_err(sqlx_err)?;
+        result
+    }
+
+    /// SQLite: migrates, and on failure checks again a few times whether another process
+    /// has done it meanwhile.
+    async fn migrate_with_retries(&self) -> Result<(), DbErr> {
+        // SQLite has no advisory locks; every create is IF NOT EXISTS, so a process
+        // that loses the race fails on the migration record and simply re-checks.
+        let mut attempt = 0;
+        loop {
+            let Err(e) = self.migrate_once().await else {
+                return Ok(());
+            };
+            attempt += 1;
+            if attempt >= 5 {
+                return Err(e);
             }
-            _ => {
-                // SQLite has no advisory locks; every create is IF NOT EXISTS, so a process
-                // that loses the race fails on the migration record and simply re-checks.
-                let mut attempt = 0;
-                loop {
-                    let result = match Migrator::up(&self.conn, None).await {
-                        Ok(()) => crate::jobs::setup(self).await,
-                        Err(e) => Err(e),
-                    };
-                    match result {
-                        Ok(()) => return Ok(()),
-                        Err(e) => {
-                            attempt += 1;
-                            if attempt >= 5 {
-                                return Err(e);
-                            }
-                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                            if Migrator::get_pending_migrations(&self.conn)
-                                .await?
-                                .is_empty()
-                            {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            if Migrator::get_pending_migrations(&self.conn)
+                .await?
+                .is_empty()
+            {
+                return Ok(());
             }
         }
     }

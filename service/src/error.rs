@@ -1,37 +1,64 @@
 //! The domain error: what can go wrong in the service layer, with no HTTP in it.
 //! `http::error` turns it into a response with one exhaustive `match`.
 
-/// A failed service operation. Each variant but `Database` is the client's doing.
+/// A failed service operation. Each variant up to `InvalidSignature` is the client's
+/// doing; the others are the server's.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No product with this id.
     #[error("product {0} does not exist")]
     ProductNotFound(i64),
+    /// No hold with this id.
     #[error("hold {0} does not exist")]
     HoldNotFound(i64),
+    /// No order with this id.
     #[error("order {0} does not exist")]
     OrderNotFound(i64),
+    /// Fewer units are free than the hold asks for.
     #[error(
         "only {available} unit(s) of product {product_id} are available, {requested} requested"
     )]
     InsufficientStock {
+        /// The product asked for.
         product_id: i64,
+        /// Units asked for.
         requested: i64,
+        /// Units free when the request's turn came.
         available: i64,
     },
+    /// The hold's time is up (or it was expired): it can never become an order.
     #[error("hold {0} has expired and can no longer become an order")]
     HoldExpired(i64),
+    /// The Idempotency-Key was first used with a different request.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
     /// A field is missing, has the wrong type or is out of range.
     #[error("{field}: {message}")]
-    Validation { field: String, message: String },
+    Validation {
+        /// The offending field, as the client named it.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The admin token is missing or wrong, or no admin token is configured.
     #[error("missing or wrong admin token")]
     Unauthorized,
+    /// A webhook's signature is missing, malformed, stale or wrong.
     #[error("{0}")]
     InvalidSignature(&'static str),
     /// The database could not serve the request in time; nothing of it was written.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The request's writes may or may not have been committed: its commit failed, or its
+    /// transaction did not end in time. Never "unavailable", which promises that nothing
+    /// was written.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// An unexpected failure met by another request of the same transaction, where it was
+    /// logged in full; this is its description.
+    #[error("{0}")]
+    Internal(String),
+    /// The database refused a statement, or could not be reached.
     #[error("database error")]
     Database(#[from] sea_orm::DbErr),
 }
@@ -42,6 +69,25 @@ impl Error {
         Self::Validation {
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// Not enough stock: `requested` units of `product_id` asked for, `available` free.
+    pub fn insufficient_stock(product_id: i64, requested: i64, available: i64) -> Self {
+        Self::InsufficientStock {
+            product_id,
+            requested,
+            available,
+        }
+    }
+
+    /// `true` when the request may succeed if tried again later, nothing of it having
+    /// been written: the answer is "retry later".
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Database(db) => database_unavailable(db),
+            _ => false,
         }
     }
 
@@ -59,7 +105,7 @@ impl Error {
             Self::InvalidSignature(_) => "invalid_signature",
             Self::Unavailable(_) => "database_unavailable",
             Self::Database(db) if database_unavailable(db) => "database_unavailable",
-            Self::Database(_) => "internal_error",
+            Self::OutcomeUnknown(_) | Self::Internal(_) | Self::Database(_) => "internal_error",
         }
     }
 }

@@ -21,7 +21,6 @@ use std::{
         Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
 };
 
 use entity::hold::{self, HoldStatus};
@@ -30,10 +29,8 @@ use tokio::sync::oneshot;
 
 use super::{
     Service,
-    holds::HoldView,
-    locks::lock_product,
+    holds::{HoldView, Reserved},
     now_ms,
-    stock::{reclaim_overdue_holds, take_stock},
 };
 use crate::{Error, Result, metrics::metrics};
 
@@ -198,9 +195,9 @@ impl Service {
         };
         // Err: the leader stopped (a failed assertion, logged by the panic hook).
         decided.unwrap_or_else(|_| {
-            Err(Error::Database(sea_orm::DbErr::Custom(format!(
+            Err(Error::OutcomeUnknown(format!(
                 "the hold group of product {product_id} failed"
-            ))))
+            )))
         })
     }
 
@@ -227,10 +224,10 @@ impl Service {
             let reserved = tokio::time::timeout(deadline, self.reserve_group(product_id, &qtys))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(Error::Database(sea_orm::DbErr::Custom(format!(
+                    Err(Error::OutcomeUnknown(format!(
                         "the hold group of product {product_id} did not end within {deadline:?}; \
                          its outcome is unknown"
-                    ))))
+                    )))
                 });
             let decisions = match reserved {
                 Ok(decisions) => decisions,
@@ -254,54 +251,21 @@ impl Service {
         }
     }
 
-    /// The group transaction. The fast path takes the sum of `qtys` with one conditional
-    /// UPDATE (which locks the product row on PostgreSQL). When that finds too little, it
-    /// locks the row, reclaims overdue holds, and grants the requests in arrival order while
-    /// units last; the others are refused.
+    /// The group transaction: the locked step ([`take_units`](Self::take_units)) for
+    /// every request of the group, then one INSERT of the granted holds.
     async fn reserve_group(&self, product_id: i64, qtys: &[i64]) -> Result<Decisions> {
-        let total: i64 = qtys.iter().sum();
-        let evidence = self.cache.ticket(product_id);
-        let txn = self.db.begin_write().await?;
-        // `Some(left)`: refused, with `left` units free when its turn came.
-        let mut refusals: Vec<Option<i64>> = vec![None; qtys.len()];
-        if !take_stock(&*txn, product_id, total).await? {
-            // Both clocks read before the locked read: the evidence is at least this fresh.
-            let (read_at, read_at_ms) = (Instant::now(), now_ms());
-            let Some(p) = lock_product(&*txn, product_id).await? else {
-                txn.rollback().await?;
-                return Ok(qtys
-                    .iter()
-                    .map(|_| Err(Error::ProductNotFound(product_id)))
-                    .collect());
-            };
-            let reclaimed = reclaim_overdue_holds(&*txn, p.id, now_ms()).await?;
-            let mut left = p.available + reclaimed;
-            for (qty, refusal) in qtys.iter().zip(&mut refusals) {
-                if *qty <= left {
-                    left -= qty;
-                } else {
-                    *refusal = Some(left);
-                }
+        let (txn, refusals) = match self.take_units(product_id, qtys, None).await? {
+            Reserved::Taken { txn, refusals } => (txn, refusals),
+            Reserved::Refused(left) => {
+                let refusals = left.into_iter().map(Some).collect::<Vec<_>>();
+                return Ok(hand_out(product_id, qtys, &refusals, Vec::new()));
             }
-            let granted = p.available + reclaimed - left;
-            if granted > 0 {
-                assert!(
-                    take_stock(&*txn, p.id, granted).await?,
-                    "product {} lost units under its lock",
-                    p.id
-                );
-            } else {
-                self.end_refused(txn, evidence, &p, reclaimed, (read_at, read_at_ms))
-                    .await?;
-                return Ok(qtys
-                    .iter()
-                    .zip(refusals)
-                    .map(|(&qty, left)| {
-                        Err(insufficient(product_id, qty, left.expect("all refused")))
-                    })
-                    .collect());
+            Reserved::NoProduct => {
+                let not_found = |_| Err(Error::ProductNotFound(product_id));
+                return Ok(qtys.iter().map(not_found).collect());
             }
-        }
+            Reserved::Replay(_) => unreachable!("a group's requests have no key"),
+        };
         // Read the clock only now that the lock is held: waiting must not shorten the TTL.
         let now = now_ms();
         let expires_at_ms = now + self.hold_ttl_ms();
@@ -311,7 +275,7 @@ impl Service {
             .filter(|(_, refusal)| refusal.is_none())
             .map(|(qty, _)| *qty)
             .collect();
-        let mut inserted = hold::Model::find_by_statement(insert_holds(
+        let inserted = hold::Model::find_by_statement(insert_holds(
             self.db.backend(),
             product_id,
             &granted,
@@ -326,53 +290,54 @@ impl Service {
             "one hold per granted request"
         );
         self.commit_changing(txn, Some(product_id)).await?;
-        // The new holds differ only in quantity, so any hold of the right quantity is the
-        // caller's own; the order RETURNING lists them in does not matter.
-        let decisions: Decisions = qtys
-            .iter()
-            .zip(&refusals)
-            .map(|(&qty, refusal)| match refusal {
-                Some(left) => Err(insufficient(product_id, qty, *left)),
-                None => {
-                    let at = inserted
-                        .iter()
-                        .position(|h| h.qty == qty)
-                        .expect("one inserted hold per granted request");
-                    Ok(HoldView::as_created(&inserted.swap_remove(at)))
-                }
-            })
-            .collect();
-        assert!(inserted.is_empty(), "a hold was inserted for nobody");
         tracing::debug!(
             product_id,
-            holds = qtys.len() - refusals.iter().flatten().count(),
-            refused = refusals.iter().flatten().count(),
+            holds = granted.len(),
+            refused = qtys.len() - granted.len(),
             "hold group reserved"
         );
-        Ok(decisions)
+        Ok(hand_out(product_id, qtys, &refusals, inserted))
     }
 }
 
-fn insufficient(product_id: i64, requested: i64, available: i64) -> Error {
-    Error::InsufficientStock {
-        product_id,
-        requested,
-        available,
-    }
+/// Each request's answer, in order: its refusal, or its hold among `inserted`.
+fn hand_out(
+    product_id: i64,
+    qtys: &[i64],
+    refusals: &[Option<i64>],
+    mut inserted: Vec<hold::Model>,
+) -> Decisions {
+    // The new holds differ only in quantity, so any hold of the right quantity is the
+    // caller's own; the order RETURNING lists them in does not matter.
+    let decisions = qtys
+        .iter()
+        .zip(refusals)
+        .map(|(&qty, refusal)| match refusal {
+            Some(left) => Err(Error::insufficient_stock(product_id, qty, *left)),
+            None => {
+                let at = inserted
+                    .iter()
+                    .position(|h| h.qty == qty)
+                    .expect("one inserted hold per granted request");
+                Ok(HoldView::as_created(&inserted.swap_remove(at)))
+            }
+        })
+        .collect();
+    assert!(inserted.is_empty(), "a hold was inserted for nobody");
+    decisions
 }
 
-/// One failure of a group's transaction (rolled back), handed to each of its `n`
-/// requests: the first gets the original, the others an equivalent that keeps its
-/// meaning (retry later, or an internal error).
+/// One failure of a group's transaction, handed to each of its `n` requests: the first
+/// gets the original, the others an equivalent that keeps its meaning (retry later, the
+/// outcome is unknown, or an internal error).
 fn share_error(e: Error, n: usize) -> Decisions {
     tracing::warn!(error = %e, details = ?e, requests = n, "hold group failed");
-    let unavailable = match &e {
-        Error::Database(db) => crate::error::database_unavailable(db),
-        other => matches!(other, Error::Unavailable(_)),
-    };
-    let copy = || match unavailable {
-        true => Error::Unavailable("the database did not serve this product's holds in time"),
-        false => Error::Database(sea_orm::DbErr::Custom(e.to_string())),
+    let copy = || match &e {
+        e if e.is_unavailable() => {
+            Error::Unavailable("the database did not serve this product's holds in time")
+        }
+        Error::OutcomeUnknown(why) => Error::OutcomeUnknown(why.clone()),
+        other => Error::Internal(other.to_string()),
     };
     let mut decisions: Decisions = (1..n).map(|_| Err(copy())).collect();
     decisions.insert(0, Err(e));

@@ -1,4 +1,5 @@
-//! Holds: reserving stock, with safe retries through `Idempotency-Key`.
+//! Holds: reserving stock, with safe retries through `Idempotency-Key`, and the locked
+//! step every reservation shares, single or grouped ([`super::hold_groups`]).
 
 use std::time::{Duration, Instant};
 
@@ -21,13 +22,39 @@ use super::{
 };
 use crate::{Error, Result, db::WriteTxn, metrics::metrics};
 
+/// Where a hold is in its life, as the service reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldState {
+    /// Reserves its units until it expires.
+    Active,
+    /// Became an order, which now has its units.
+    Ordered,
+    /// Its time ran out unpaid; its units are free again.
+    Expired,
+}
+
+impl From<HoldStatus> for HoldState {
+    fn from(s: HoldStatus) -> Self {
+        match s {
+            HoldStatus::Active => Self::Active,
+            HoldStatus::Ordered => Self::Ordered,
+            HoldStatus::Expired => Self::Expired,
+        }
+    }
+}
+
 /// A hold as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HoldView {
+    /// The hold's id.
     pub id: i64,
+    /// The product it reserves units of.
     pub product_id: i64,
+    /// Units reserved.
     pub qty: i64,
-    pub status: HoldStatus,
+    /// Its state now.
+    pub status: HoldState,
+    /// When it stops reserving its units unless ordered, in Unix milliseconds.
     pub expires_at_ms: i64,
 }
 
@@ -36,9 +63,9 @@ impl HoldView {
     /// anything has marked it so.
     fn current(h: &hold::Model, now_ms: i64) -> Self {
         let status = if is_overdue(h, now_ms) {
-            HoldStatus::Expired
+            HoldState::Expired
         } else {
-            h.status
+            h.status.into()
         };
         Self {
             id: h.id,
@@ -52,7 +79,7 @@ impl HoldView {
     /// The answer first given when the hold was created.
     pub(super) fn as_created(h: &hold::Model) -> Self {
         Self {
-            status: HoldStatus::Active,
+            status: HoldState::Active,
             ..Self::current(h, i64::MIN)
         }
     }
@@ -66,9 +93,30 @@ pub fn is_overdue(h: &hold::Model, now_ms: i64) -> bool {
 /// A validated request for a hold.
 #[derive(Debug)]
 pub struct NewHold {
+    /// The product to reserve units of.
     pub product_id: i64,
+    /// Units to reserve, within the configured bounds.
     pub qty: i64,
+    /// Makes retries safe: the same key and request return the same hold.
     pub idempotency_key: Option<String>,
+}
+
+/// What the locked step of a reservation decided for its requests.
+pub(super) enum Reserved {
+    /// The units of every request not refused are taken and the transaction goes on.
+    /// `refusals[i]` is `Some(left)` when request `i` was refused, `left` units being free
+    /// when its turn came.
+    Taken {
+        txn: WriteTxn,
+        refusals: Vec<Option<i64>>,
+    },
+    /// Every request refused, with the units free when its turn came; the transaction is
+    /// over (committed when it reclaimed overdue holds).
+    Refused(Vec<i64>),
+    /// No such product; rolled back.
+    NoProduct,
+    /// A hold stored with the request's key: the request is a retry. Rolled back.
+    Replay(HoldView),
 }
 
 impl Service {
@@ -111,11 +159,11 @@ impl Service {
         }
         // Refused from that evidence: no queueing behind the row lock.
         let result = if let Some(available) = short {
-            Err(Error::InsufficientStock {
-                product_id: req.product_id,
-                requested: req.qty,
+            Err(Error::insufficient_stock(
+                req.product_id,
+                req.qty,
                 available,
-            })
+            ))
         } else {
             match &hash {
                 Some(hash) => self.reserve(&req, Some(hash)).await,
@@ -147,39 +195,20 @@ impl Service {
         }
     }
 
-    /// The single-hold reservation transaction, for keyed requests: take the units from
-    /// `available` with one conditional UPDATE (which also locks the product row on
-    /// PostgreSQL), and only when that finds too little, lock the row, reclaim overdue
-    /// holds and try again. Under the product lock, a stored hold with the key is a replay.
+    /// The single-hold reservation transaction, for keyed requests: the locked step
+    /// ([`take_units`](Self::take_units)), then, under the product lock, a stored hold
+    /// with the key is a replay; otherwise the hold is inserted.
     async fn reserve(&self, req: &NewHold, hash: Option<&str>) -> Result<(HoldView, bool)> {
-        let evidence = self.cache.ticket(req.product_id);
-        let txn = self.db.begin_write().await?;
-        if !take_stock(&*txn, req.product_id, req.qty).await? {
-            // Both clocks read before the locked read: the evidence is at least this fresh.
-            let (read_at, read_at_ms) = (Instant::now(), now_ms());
-            let Some(p) = lock_product(&*txn, req.product_id).await? else {
-                txn.rollback().await?;
-                return Err(Error::ProductNotFound(req.product_id));
-            };
-            // A retry of a request that took the last units is a replay, not a refusal.
-            if let (Some(key), Some(hash)) = (&req.idempotency_key, hash)
-                && let Some(replay) = replay(&*txn, key, hash).await?
-            {
-                txn.rollback().await?;
-                return Ok((replay, true));
+        let key = req.idempotency_key.as_deref().zip(hash);
+        let txn = match self.take_units(req.product_id, &[req.qty], key).await? {
+            Reserved::Taken { txn, .. } => txn,
+            Reserved::Refused(left) => {
+                return Err(Error::insufficient_stock(req.product_id, req.qty, left[0]));
             }
-            let reclaimed = reclaim_overdue_holds(&*txn, p.id, now_ms()).await?;
-            if !take_stock(&*txn, p.id, req.qty).await? {
-                self.end_refused(txn, evidence, &p, reclaimed, (read_at, read_at_ms))
-                    .await?;
-                return Err(Error::InsufficientStock {
-                    product_id: p.id,
-                    requested: req.qty,
-                    available: p.available + reclaimed,
-                });
-            }
-        }
-        if let (Some(key), Some(hash)) = (&req.idempotency_key, hash) {
+            Reserved::NoProduct => return Err(Error::ProductNotFound(req.product_id)),
+            Reserved::Replay(replay) => return Ok((replay, true)),
+        };
+        if let Some((key, hash)) = key {
             // Under the product lock now: a concurrent retry on this product has committed.
             if let Some(replay) = replay(&*txn, key, hash).await? {
                 txn.rollback().await?;
@@ -214,11 +243,58 @@ impl Service {
         Ok((HoldView::as_created(&hold), false))
     }
 
+    /// The locked step of every reservation, for requests of `qtys` units of `product_id`
+    /// in arrival order. It begins the transaction and takes the sum of `qtys` with one
+    /// conditional UPDATE (which also locks the product row on PostgreSQL). Only when that
+    /// finds too little, it locks the row, checks `key` (key and request hash) for a
+    /// replay, reclaims overdue holds, and grants the requests in arrival order while units
+    /// last.
+    pub(super) async fn take_units(
+        &self,
+        product_id: i64,
+        qtys: &[i64],
+        key: Option<(&str, &str)>,
+    ) -> Result<Reserved> {
+        let evidence = self.cache.ticket(product_id);
+        let txn = self.db.begin_write().await?;
+        if take_stock(&*txn, product_id, qtys.iter().sum()).await? {
+            let refusals = vec![None; qtys.len()];
+            return Ok(Reserved::Taken { txn, refusals });
+        }
+        // Both clocks read before the locked read: the evidence is at least this fresh.
+        let read_at = (Instant::now(), now_ms());
+        let Some(p) = lock_product(&*txn, product_id).await? else {
+            txn.rollback().await?;
+            return Ok(Reserved::NoProduct);
+        };
+        // A retry of a request that took the last units is a replay, not a refusal.
+        if let Some((key, hash)) = key
+            && let Some(replay) = replay(&*txn, key, hash).await?
+        {
+            txn.rollback().await?;
+            return Ok(Reserved::Replay(replay));
+        }
+        let reclaimed = reclaim_overdue_holds(&*txn, p.id, now_ms()).await?;
+        let (granted, refusals) = grant_in_order(p.available + reclaimed, qtys);
+        if granted == 0 {
+            self.end_refused(txn, evidence, &p, reclaimed, read_at)
+                .await?;
+            let left = refusals.into_iter().map(|r| r.expect("all refused"));
+            return Ok(Reserved::Refused(left.collect()));
+        }
+        assert!(
+            take_stock(&*txn, p.id, granted).await?,
+            "product {} lost units under its lock",
+            p.id
+        );
+        Ok(Reserved::Taken { txn, refusals })
+    }
+
     /// Ends a reservation transaction that could grant nothing. Overdue holds it reclaimed
     /// are committed; otherwise it rolls back and remembers that `p` had only
     /// `p.available` units free, as read at `read_at` (taken after `evidence`), until the
     /// next unpaid hold could expire (or a release, which drops the note in this process).
-    pub(super) async fn end_refused(
+    async fn end_refused(
         &self,
         txn: WriteTxn,
         evidence: Ticket,
@@ -249,6 +325,25 @@ impl Service {
     }
 }
 
+/// Grants requests of `qtys` units in arrival order while `free` units last. Returns the
+/// units granted, and for each request `Some(left)` when refused, `left` units being free
+/// when its turn came.
+fn grant_in_order(free: i64, qtys: &[i64]) -> (i64, Vec<Option<i64>>) {
+    let mut left = free;
+    let refusals = qtys
+        .iter()
+        .map(|&qty| {
+            if qty <= left {
+                left -= qty;
+                None
+            } else {
+                Some(left)
+            }
+        })
+        .collect();
+    (free - left, refusals)
+}
+
 /// When the next unpaid active hold of `product_id` expires, if any.
 async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<Option<i64>> {
     let next: Option<Option<i64>> = hold::Entity::find()
@@ -276,4 +371,19 @@ async fn replay(conn: &impl ConnectionTrait, key: &str, hash: &str) -> Result<Op
         return Err(Error::IdempotencyKeyReused);
     }
     Ok(Some(HoldView::as_created(&h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grant_in_order;
+
+    #[test]
+    fn requests_are_granted_in_arrival_order_while_units_last() {
+        assert_eq!(
+            grant_in_order(5, &[2, 4, 3]),
+            (5, vec![None, Some(3), None])
+        );
+        assert_eq!(grant_in_order(1, &[2, 3]), (0, vec![Some(1), Some(1)]));
+        assert_eq!(grant_in_order(9, &[1, 2]), (3, vec![None, None]));
+    }
 }

@@ -1,9 +1,8 @@
 //! flashsale's rules and every transaction that applies them. The API and the worker both
 //! depend on this crate, so both processes apply exactly the same rules; it knows no HTTP.
 //!
-//! Lock order, the same in every transaction that takes more than one lock, so that two
-//! transactions can never wait on each other: product row, then hold row, then order row.
-//! On SQLite every writing transaction holds the database write lock for its whole life.
+//! Every transaction that takes more than one row lock takes them in the order
+//! [`locks`] writes down; every move of stock is in [`stock`].
 
 pub mod audit;
 mod cache;
@@ -37,14 +36,20 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// Everything a service call needs; cheap to clone.
 #[derive(Clone)]
 pub struct Service {
+    /// The database.
     pub db: Db,
+    /// The business rules in force.
     pub rules: Arc<RulesConfig>,
+    /// This process's cache of product answers and sold-out evidence.
     pub cache: Arc<ProductCache>,
+    /// The push side of the job queue.
     pub jobs: JobQueue,
+    /// Unkeyed hold requests waiting for their product's next group.
     hold_groups: Arc<hold_groups::HoldGroups>,
 }
 
 impl Service {
+    /// A service over `db` applying `rules`, with an empty cache.
     pub fn new(db: Db, rules: RulesConfig) -> Self {
         Self {
             jobs: JobQueue::new(&db),
@@ -55,6 +60,7 @@ impl Service {
         }
     }
 
+    /// How long a new hold reserves its units, in milliseconds.
     fn hold_ttl_ms(&self) -> i64 {
         i64::try_from(self.rules.hold_ttl_secs).expect("bounded by config") * 1000
     }
@@ -72,6 +78,7 @@ impl Service {
         Ok(())
     }
 
+    /// How long a pending order may wait for its payment, in milliseconds.
     fn order_payment_ttl_ms(&self) -> i64 {
         i64::try_from(self.rules.order_payment_ttl_secs).expect("bounded by config") * 1000
     }

@@ -2,6 +2,10 @@
 //! transaction that takes more than one of these locks takes them through here, so two
 //! transactions can never wait on each other. On SQLite every writing transaction holds
 //! the database write lock for its whole life, and these row locks are no-ops.
+//!
+//! Every row lock is NO KEY UPDATE, not FOR UPDATE: the foreign-key checks of concurrent
+//! inserts (a hold naming its product, an order or a payment naming its hold) take KEY
+//! SHARE, which FOR UPDATE would block.
 
 use entity::{hold, order, product};
 use sea_orm::{
@@ -10,8 +14,7 @@ use sea_orm::{
 
 use crate::{Result, Service, db::WriteTxn};
 
-/// Locks product `id`'s row (NO KEY UPDATE: foreign-key checks of concurrent inserts
-/// take KEY SHARE, which FOR UPDATE would block) and returns it; `None`: no such product.
+/// Locks product `id`'s row and returns it; `None`: no such product.
 /// Every transaction that locks a product takes this lock first (the global lock order:
 /// product, hold, order). On SQLite the transaction's write lock already covers it.
 pub async fn lock_product(conn: &impl ConnectionTrait, id: i64) -> Result<Option<product::Model>> {

@@ -6,117 +6,121 @@ use std::sync::OnceLock;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Registry, TextEncoder, core::Collector,
 };
 
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
+    /// HTTP requests answered, by route, method and status.
     pub http_requests: IntCounterVec,
+    /// HTTP request latency, by route, method and status.
     pub http_latency: HistogramVec,
+    /// Hold requests by outcome (created, rejected, expired).
     pub holds: IntCounterVec,
+    /// Order transitions made by this process.
     pub orders: IntCounterVec,
+    /// Orders in the database by status, set when `GET /metrics` is read.
     pub orders_by_status: IntGaugeVec,
+    /// Payment events by state.
     pub webhooks: IntCounterVec,
+    /// Idempotent replays answered, by kind.
     pub replays: IntCounterVec,
+    /// Payments that cannot be honoured and must be refunded.
     pub refund_required: IntCounter,
+    /// Worker job runs by job and result.
     pub jobs: IntCounterVec,
+    /// Hold requests reserved together in one transaction.
     pub hold_group_size: Histogram,
 }
 
+/// Registers `metric` with `registry` and returns it.
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+/// A counter with `labels`, registered.
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
+    register(registry, c)
+}
+
+/// The HTTP latency histogram, registered.
+fn http_latency(registry: &Registry) -> HistogramVec {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let opts = HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+        .buckets(buckets);
+    let h = HistogramVec::new(opts, &["route", "method", "status"]).expect("valid metric");
+    register(registry, h)
+}
+
+/// The histogram of hold group sizes, registered.
+fn hold_group_size(registry: &Registry) -> Histogram {
+    let opts = HistogramOpts::new(
+        "hold_group_size",
+        "Hold requests reserved together in one transaction",
+    )
+    .buckets(vec![
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+    ]);
+    register(registry, Histogram::with_opts(opts).expect("valid metric"))
 }
 
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new_custom(Some("flashsale".into()), None).expect("registry");
-        let http_latency = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
-                vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ],
-            ),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(http_latency.clone()))
-            .expect("unique metric");
+        let r = &registry;
         let orders_by_status = IntGaugeVec::new(
             Opts::new("orders", "Orders in the database by status"),
             &["status"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(orders_by_status.clone()))
-            .expect("unique metric");
         let refund_required = IntCounter::new(
             "refund_required_total",
             "Payments that cannot be honoured and must be refunded",
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(refund_required.clone()))
-            .expect("unique metric");
-        let hold_group_size = Histogram::with_opts(
-            HistogramOpts::new(
-                "hold_group_size",
-                "Hold requests reserved together in one transaction",
-            )
-            .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(hold_group_size.clone()))
-            .expect("unique metric");
         Self {
             http_requests: counter(
-                &registry,
+                r,
                 "http_requests_total",
                 "HTTP requests answered",
                 &["route", "method", "status"],
             ),
-            http_latency,
+            http_latency: http_latency(r),
             holds: counter(
-                &registry,
+                r,
                 "holds_total",
                 "Hold requests by outcome (created, rejected, expired)",
                 &["outcome"],
             ),
             orders: counter(
-                &registry,
+                r,
                 "order_events_total",
                 "Order transitions made by this process",
                 &["event"],
             ),
-            orders_by_status,
+            orders_by_status: register(r, orders_by_status),
             webhooks: counter(
-                &registry,
+                r,
                 "webhooks_total",
                 "Payment events by state (applied, awaiting_order, ignored, refund_required)",
                 &["state"],
             ),
-            replays: counter(
-                &registry,
-                "replays_total",
-                "Idempotent replays answered",
-                &["kind"],
-            ),
-            refund_required,
+            replays: counter(r, "replays_total", "Idempotent replays answered", &["kind"]),
+            refund_required: register(r, refund_required),
             jobs: counter(
-                &registry,
+                r,
                 "jobs_total",
                 "Worker job runs by job and result",
                 &["job", "result"],
             ),
-            hold_group_size,
+            hold_group_size: hold_group_size(r),
             registry,
         }
     }

@@ -6,22 +6,50 @@ use entity::{
     payment, product,
 };
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set,
-    sea_query::{Expr, LockType},
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QuerySelect, Set,
 };
 
-use super::{Service, holds::is_overdue, now_ms};
+use super::{Service, holds::is_overdue, locks::lock_hold, now_ms, stock::order_hold};
 use crate::{Error, Result, metrics::metrics};
+
+/// Where an order is in its life, as the service reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderState {
+    /// Waits for its payment.
+    Pending,
+    /// Paid for.
+    Paid,
+    /// Cancelled: its payment failed or never came.
+    Cancelled,
+}
+
+impl From<OrderStatus> for OrderState {
+    fn from(s: OrderStatus) -> Self {
+        match s {
+            OrderStatus::Pending => Self::Pending,
+            OrderStatus::Paid => Self::Paid,
+            OrderStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
 
 /// An order as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderView {
+    /// The order's id.
     pub id: i64,
+    /// The hold it was made from.
     pub hold_id: i64,
+    /// The product ordered.
     pub product_id: i64,
+    /// Units ordered.
     pub qty: i64,
+    /// Price times quantity, in cents.
     pub total_cents: i64,
-    pub status: OrderStatus,
+    /// Its state now.
+    pub status: OrderState,
+    /// When it was created, in Unix milliseconds.
     pub created_at_ms: i64,
 }
 
@@ -33,7 +61,7 @@ impl From<order::Model> for OrderView {
             product_id: o.product_id,
             qty: o.qty,
             total_cents: o.total_cents,
-            status: o.status,
+            status: o.status.into(),
             created_at_ms: o.created_at_ms,
         }
     }
@@ -44,69 +72,28 @@ impl Service {
     /// (a retry), in which case nothing changed.
     pub async fn create_order(&self, hold_id: i64) -> Result<(OrderView, bool)> {
         let txn = self.db.begin_write().await?;
-        // The hold's row lock serialises every attempt to order it. (NO KEY UPDATE: the
-        // foreign-key checks of other transactions' inserts take KEY SHARE and must not wait.)
-        let Some(h) = hold::Entity::find_by_id(hold_id)
-            .lock(LockType::NoKeyUpdate)
-            .one(&*txn)
-            .await?
-        else {
+        // The hold's row lock serialises every attempt to order it.
+        let Some(h) = lock_hold(&*txn, hold_id).await? else {
             txn.rollback().await?;
             return Err(Error::HoldNotFound(hold_id));
         };
         // The clock is read under the lock, so time spent waiting counts against the hold.
         let now = now_ms();
-        match h.status {
-            HoldStatus::Ordered => {
-                let existing = order::Entity::find()
-                    .filter(order::Column::HoldId.eq(hold_id))
-                    .one(&*txn)
-                    .await?
-                    .expect("an ordered hold has an order");
-                txn.rollback().await?;
-                metrics().replays.with_label_values(&["order"]).inc();
-                return Ok((existing.into(), true));
-            }
-            HoldStatus::Expired => {
-                txn.rollback().await?;
-                return Err(Error::HoldExpired(hold_id));
-            }
-            HoldStatus::Active if is_overdue(&h, now) => {
-                txn.rollback().await?;
-                return Err(Error::HoldExpired(hold_id));
-            }
-            HoldStatus::Active => {}
+        if h.status == HoldStatus::Ordered {
+            let existing = order::Entity::find()
+                .filter(order::Column::HoldId.eq(hold_id))
+                .one(&*txn)
+                .await?
+                .expect("an ordered hold has an order");
+            txn.rollback().await?;
+            metrics().replays.with_label_values(&["order"]).inc();
+            return Ok((existing.into(), true));
         }
-        let p = product::Entity::find_by_id(h.product_id)
-            .one(&*txn)
-            .await?
-            .expect("a hold's product exists");
-        let total_cents = p
-            .price_cents
-            .checked_mul(h.qty)
-            .expect("price and quantity bounds keep the total in range");
-        let o = order::ActiveModel {
-            hold_id: Set(h.id),
-            product_id: Set(h.product_id),
-            qty: Set(h.qty),
-            total_cents: Set(total_cents),
-            status: Set(OrderStatus::Pending),
-            created_at_ms: Set(now),
-            updated_at_ms: Set(now),
-            ..Default::default()
+        if h.status == HoldStatus::Expired || is_overdue(&h, now) {
+            txn.rollback().await?;
+            return Err(Error::HoldExpired(hold_id));
         }
-        .insert(&*txn)
-        .await?;
-        let res = hold::Entity::update_many()
-            .col_expr(
-                hold::Column::Status,
-                Expr::value(HoldStatus::Ordered.to_value()),
-            )
-            .filter(hold::Column::Id.eq(h.id))
-            .filter(hold::Column::Status.eq(HoldStatus::Active))
-            .exec(&*txn)
-            .await?;
-        assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
+        let o = insert_order(&*txn, &h, now).await?;
         // Webhooks for this hold take its lock too, so a payment recorded before this order
         // is visible here, and one recorded after it finds the order and applies itself.
         let early_payment = payment::Entity::find()
@@ -157,4 +144,35 @@ impl Service {
             .map(Into::into)
             .ok_or(Error::OrderNotFound(id))
     }
+}
+
+/// Inserts the pending order of the active hold `h`, locked by the caller, and marks the
+/// hold ordered.
+async fn insert_order(
+    conn: &impl ConnectionTrait,
+    h: &hold::Model,
+    now_ms: i64,
+) -> Result<order::Model> {
+    let p = product::Entity::find_by_id(h.product_id)
+        .one(conn)
+        .await?
+        .expect("a hold's product exists");
+    let total_cents = p
+        .price_cents
+        .checked_mul(h.qty)
+        .expect("price and quantity bounds keep the total in range");
+    let o = order::ActiveModel {
+        hold_id: Set(h.id),
+        product_id: Set(h.product_id),
+        qty: Set(h.qty),
+        total_cents: Set(total_cents),
+        status: Set(OrderStatus::Pending),
+        created_at_ms: Set(now_ms),
+        updated_at_ms: Set(now_ms),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await?;
+    order_hold(conn, h).await?;
+    Ok(o)
 }

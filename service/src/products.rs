@@ -18,9 +18,13 @@ pub const MAX_TOTAL_STOCK: i64 = 1_000_000_000;
 /// A product as the public API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProductView {
+    /// The product's id.
     pub id: i64,
+    /// Its name.
     pub name: String,
+    /// Price of one unit, in cents.
     pub price_cents: i64,
+    /// Every unit it has: available, held and ordered.
     pub total_stock: i64,
     /// Units a new hold could take right now.
     pub available_stock: i64,
@@ -29,8 +33,11 @@ pub struct ProductView {
 /// A validated request to create a product.
 #[derive(Debug)]
 pub struct NewProduct {
+    /// Trimmed, 1 to [`MAX_NAME_CHARS`] characters, no control characters.
     pub name: String,
+    /// Price of one unit, 0 to [`MAX_PRICE_CENTS`].
     pub price_cents: i64,
+    /// Units for sale, 0 to [`MAX_TOTAL_STOCK`], all available at first.
     pub total_stock: i64,
 }
 

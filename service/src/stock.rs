@@ -121,16 +121,32 @@ async fn reclaim(
 
 /// Marks an overdue hold expired and gives its units back.
 pub async fn expire_hold(conn: &impl ConnectionTrait, h: &hold::Model) -> Result<()> {
+    end_active_hold(conn, h.id, HoldStatus::Expired).await?;
+    metrics().holds.with_label_values(&["expired"]).inc();
+    release_stock(conn, h.product_id, h.qty).await
+}
+
+/// Marks the active hold `h` ordered: its units pass from the hold to its order, and
+/// `available` does not change.
+pub async fn order_hold(conn: &impl ConnectionTrait, h: &hold::Model) -> Result<()> {
+    end_active_hold(conn, h.id, HoldStatus::Ordered).await
+}
+
+/// Moves hold `hold_id`, which its caller has locked and found active, to `status`.
+async fn end_active_hold(
+    conn: &impl ConnectionTrait,
+    hold_id: i64,
+    status: HoldStatus,
+) -> Result<()> {
     let res = hold::Entity::update_many()
-        .col_expr(
-            hold::Column::Status,
-            Expr::value(HoldStatus::Expired.to_value()),
-        )
-        .filter(hold::Column::Id.eq(h.id))
+        .col_expr(hold::Column::Status, Expr::value(status.to_value()))
+        .filter(hold::Column::Id.eq(hold_id))
         .filter(hold::Column::Status.eq(HoldStatus::Active))
         .exec(conn)
         .await?;
-    assert_eq!(res.rows_affected, 1, "hold {} changed under its lock", h.id);
-    metrics().holds.with_label_values(&["expired"]).inc();
-    release_stock(conn, h.product_id, h.qty).await
+    assert_eq!(
+        res.rows_affected, 1,
+        "hold {hold_id} changed under its lock"
+    );
+    Ok(())
 }

@@ -56,6 +56,7 @@ pub enum ApiError {
     Unavailable(Json<ErrorBody>),
 }
 
+/// A `{code, message}` body.
 fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
         code: code.to_owned(),
@@ -64,10 +65,12 @@ fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
 }
 
 impl ApiError {
+    /// 400 `invalid_json`: the body is not JSON.
     pub fn invalid_json(message: impl Into<String>) -> Self {
         Self::BadRequest(body("invalid_json", message))
     }
 
+    /// 413 `payload_too_large`: the body is over [`MAX_BODY_BYTES`](super::body::MAX_BODY_BYTES).
     pub fn payload_too_large() -> Self {
         Self::PayloadTooLarge(body(
             "payload_too_large",
@@ -91,6 +94,10 @@ impl From<Error> for ApiError {
             Error::Unavailable(why) => {
                 tracing::warn!(reason = why, "request refused: database unavailable");
                 Self::Unavailable(body("database_unavailable", format!("{why}; retry later")))
+            }
+            Error::OutcomeUnknown(why) | Error::Internal(why) => {
+                tracing::error!(error = %why, "internal error");
+                Self::Internal(body("internal_error", "internal error"))
             }
             Error::Database(db) => {
                 if service::error::database_unavailable(&db) {
@@ -187,57 +194,13 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
 
 /// Turns any error that reached the top into a `{code, message}` response.
 pub async fn catch_all(err: poem::Error) -> Response {
-    use poem::error::{MethodNotAllowedError, NotFoundError};
-    use poem_openapi::error::{
-        AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
-        ParseRequestPayloadError,
-    };
     // Our own errors already carry their `{code, message}` response.
     if err.is::<Rejection>() || err.is_from_response() {
         return err.into_response();
     }
     let message = err.to_string();
-    if err.is::<ParsePathError>() {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            "the id in the path must be an integer",
-        );
-    }
-    if err.is::<ParseParamError>() {
-        // A header such as Idempotency-Key out of its bounds: a field that fails validation.
-        return error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_error",
-            message,
-        );
-    }
-    if err.is::<ParseRequestPayloadError>() {
-        return error_response(StatusCode::BAD_REQUEST, "invalid_json", message);
-    }
-    if err.is::<ContentTypeError>() {
-        return error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            message,
-        );
-    }
-    if err.is::<AuthorizationError>() {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong admin token",
-        );
-    }
-    if err.is::<NotFoundError>() {
-        return error_response(StatusCode::NOT_FOUND, "not_found", "no such route");
-    }
-    if err.is::<MethodNotAllowedError>() {
-        return error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            message,
-        );
+    if let Some((status, code, fixed)) = framework_rejection(&err) {
+        return error_response(status, code, fixed.map_or(message, str::to_owned));
     }
     let status = err.status();
     if status.is_server_error() {
@@ -250,6 +213,39 @@ pub async fn catch_all(err: poem::Error) -> Response {
         .to_ascii_lowercase()
         .replace([' ', '-'], "_");
     error_response(status, &code, message)
+}
+
+/// The status and code of a request poem or poem-openapi refused before a handler ran,
+/// with a fixed message where the error's own would not help; `None` for other errors.
+fn framework_rejection(
+    err: &poem::Error,
+) -> Option<(StatusCode, &'static str, Option<&'static str>)> {
+    use poem::error::{MethodNotAllowedError, NotFoundError};
+    use poem_openapi::error::{
+        AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
+        ParseRequestPayloadError,
+    };
+    Some(if err.is::<ParsePathError>() {
+        let fixed = "the id in the path must be an integer";
+        (StatusCode::BAD_REQUEST, "invalid_parameter", Some(fixed))
+    } else if err.is::<ParseParamError>() {
+        // A header such as Idempotency-Key out of its bounds: a field that fails validation.
+        (StatusCode::UNPROCESSABLE_ENTITY, "validation_error", None)
+    } else if err.is::<ParseRequestPayloadError>() {
+        (StatusCode::BAD_REQUEST, "invalid_json", None)
+    } else if err.is::<ContentTypeError>() {
+        let code = "unsupported_media_type";
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, code, None)
+    } else if err.is::<AuthorizationError>() {
+        let fixed = "missing or wrong admin token";
+        (StatusCode::UNAUTHORIZED, "unauthorized", Some(fixed))
+    } else if err.is::<NotFoundError>() {
+        (StatusCode::NOT_FOUND, "not_found", Some("no such route"))
+    } else if err.is::<MethodNotAllowedError>() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+    } else {
+        return None;
+    })
 }
 
 use poem::IntoResponse as _;

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed};
-use service::{holds::HoldView, to_datetime};
+use service::{
+    holds::{HoldState, HoldView},
+    to_datetime,
+};
 
 /// Lifecycle of a hold.
 #[derive(Debug, Enum)]
@@ -23,12 +26,12 @@ pub enum HoldStatus {
     Expired,
 }
 
-impl From<entity::hold::HoldStatus> for HoldStatus {
-    fn from(s: entity::hold::HoldStatus) -> Self {
+impl From<HoldState> for HoldStatus {
+    fn from(s: HoldState) -> Self {
         match s {
-            entity::hold::HoldStatus::Active => Self::Active,
-            entity::hold::HoldStatus::Ordered => Self::Ordered,
-            entity::hold::HoldStatus::Expired => Self::Expired,
+            HoldState::Active => Self::Active,
+            HoldState::Ordered => Self::Ordered,
+            HoldState::Expired => Self::Expired,
         }
     }
 }
@@ -87,6 +90,7 @@ impl Example for CreateHold {
     }
 }
 
+/// Answers of `POST /api/holds`.
 #[derive(ApiResponse)]
 pub enum CreateHoldResponse {
     /// The hold. With `Idempotent-Replayed: true`, an earlier request with the same key made it.
@@ -97,6 +101,7 @@ pub enum CreateHoldResponse {
     ),
 }
 
+/// Answers of `GET /api/holds/{id}`.
 #[derive(ApiResponse)]
 pub enum GetHoldResponse {
     /// The hold with its current status.
@@ -123,6 +128,7 @@ operation_errors!(
     }
 );
 
+/// The holds operations.
 pub struct HoldsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Holds")]

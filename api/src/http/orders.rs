@@ -9,7 +9,10 @@ use serde::Deserialize;
 use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed};
-use service::{orders::OrderView, to_datetime};
+use service::{
+    orders::{OrderState, OrderView},
+    to_datetime,
+};
 
 /// Lifecycle of an order.
 #[derive(Debug, Enum)]
@@ -20,12 +23,12 @@ pub enum OrderStatus {
     Cancelled,
 }
 
-impl From<entity::order::OrderStatus> for OrderStatus {
-    fn from(s: entity::order::OrderStatus) -> Self {
+impl From<OrderState> for OrderStatus {
+    fn from(s: OrderState) -> Self {
         match s {
-            entity::order::OrderStatus::Pending => Self::Pending,
-            entity::order::OrderStatus::Paid => Self::Paid,
-            entity::order::OrderStatus::Cancelled => Self::Cancelled,
+            OrderState::Pending => Self::Pending,
+            OrderState::Paid => Self::Paid,
+            OrderState::Cancelled => Self::Cancelled,
         }
     }
 }
@@ -85,6 +88,7 @@ impl Example for CreateOrder {
     }
 }
 
+/// Answers of `POST /api/orders`.
 #[derive(ApiResponse)]
 pub enum CreateOrderResponse {
     /// The new order, `pending` until its payment arrives.
@@ -98,6 +102,7 @@ pub enum CreateOrderResponse {
     ),
 }
 
+/// Answers of `GET /api/orders/{id}`.
 #[derive(ApiResponse)]
 pub enum GetOrderResponse {
     /// The order.
@@ -124,6 +129,7 @@ operation_errors!(
     }
 );
 
+/// The orders operations.
 pub struct OrdersApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Orders")]

@@ -84,6 +84,7 @@ impl Example for CreateProduct {
 #[oai(ty = "bearer")]
 pub struct AdminToken(Bearer);
 
+/// Answers of `GET /api/products/{id}`.
 #[derive(ApiResponse)]
 pub enum GetProductResponse {
     /// The product.
@@ -91,6 +92,7 @@ pub enum GetProductResponse {
     Ok(Json<Product>),
 }
 
+/// Answers of `POST /api/admin/products`.
 #[derive(ApiResponse)]
 pub enum CreateProductResponse {
     /// Created.
@@ -116,6 +118,7 @@ operation_errors!(
     }
 );
 
+/// The products operations.
 pub struct ProductsApi;
 
 #[OpenApi(prefix_path = "/api", tag = "ApiTags::Products")]
