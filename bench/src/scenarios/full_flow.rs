@@ -56,7 +56,7 @@ async fn pay(
     let hold_id = match sdk.create_hold().body(hold).send().await {
         Ok(hold) => hold.hold_id,
         // A refused hold still runs the flow, which then ends unpaid, as a client's would.
-        Err(client::Error::ErrorResponse(_)) => 0,
+        Err(e) if e.status().is_some() => 0,
         Err(e) => return Err(e.into()),
     };
     let order = client::types::CreateOrder { hold_id };
