@@ -56,6 +56,7 @@ impl Load {
         s.join(" ")
     }
 
+    /// Nothing measured yet.
     fn empty() -> Self {
         Self {
             requests: 0,

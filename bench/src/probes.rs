@@ -27,6 +27,7 @@ pub struct CpuShare {
 /// the load generator, and what PostgreSQL's busy backends wait on (sampled from
 /// `pg_stat_activity` every 20 ms).
 pub struct Probe {
+    /// The `flashsale-api` process.
     api: procfs::process::Process,
     /// The scenario database, when it is PostgreSQL.
     pg_url: Option<String>,
@@ -34,9 +35,13 @@ pub struct Probe {
 
 /// A measurement in progress.
 pub struct Probing {
+    /// When it started.
     at: Instant,
+    /// CPU ticks of the server, PostgreSQL and the bench at the start.
     ticks: (u64, u64, u64),
+    /// Set to stop sampling the waits.
     stop: Arc<AtomicBool>,
+    /// The wait sampler, on PostgreSQL: how often each wait was seen.
     waits: Option<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
 }
 
@@ -54,6 +59,7 @@ impl Probe {
         peak_rss_mib(self.api.pid() as u32)
     }
 
+    /// CPU ticks so far of the server, PostgreSQL and this bench.
     fn ticks(&self) -> (u64, u64, u64) {
         let me = procfs::process::Process::myself().expect("own /proc entry");
         (cpu_ticks(&self.api), postgres_ticks(), cpu_ticks(&me))

@@ -51,8 +51,11 @@ struct Bench {
     /// How long each measurement runs.
     duration: Duration,
     // Dropped in this order: the server stops before its database goes.
+    /// The server under load.
     app: TestApp,
+    /// Its fresh database.
     db: TestDb,
+    /// Watches the server and the database.
     probe: Probe,
     /// The HTTP client every request goes through, with a pool for the largest load.
     http: reqwest::Client,
@@ -62,8 +65,11 @@ struct Bench {
 
 /// A load measured under the probe, before its row is written.
 struct Measured {
+    /// What the clients measured.
     load: Load,
+    /// CPU used meanwhile.
     cpu: CpuShare,
+    /// What PostgreSQL's busy backends waited on, or `—`.
     waits: String,
 }
 
