@@ -27,6 +27,24 @@ use super::{
 };
 use crate::{Error, Result, metrics::metrics};
 
+/// What the payment provider says happened to the charge, as the service's callers name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Charge {
+    /// The customer was charged.
+    Paid,
+    /// The charge did not go through.
+    Failed,
+}
+
+impl From<Charge> for PaymentStatus {
+    fn from(charge: Charge) -> Self {
+        match charge {
+            Charge::Paid => Self::Paid,
+            Charge::Failed => Self::Failed,
+        }
+    }
+}
+
 /// A validated payment event.
 #[derive(Clone, Debug)]
 pub struct PaymentEvent {
@@ -35,7 +53,7 @@ pub struct PaymentEvent {
     /// The hold paid for.
     pub hold_id: i64,
     /// What the provider says happened.
-    pub status: PaymentStatus,
+    status: PaymentStatus,
 }
 
 /// The JSON body of a webhook answer, stored so that retries get it byte for byte.
@@ -99,7 +117,7 @@ impl PaymentEvent {
         body_key: Option<String>,
         header_key: Option<String>,
         hold_id: i64,
-        status: PaymentStatus,
+        charge: Charge,
     ) -> Result<Self> {
         let key = match (body_key, header_key) {
             (Some(b), Some(h)) if b != h => {
@@ -120,7 +138,7 @@ impl PaymentEvent {
         Ok(Self {
             idempotency_key: key,
             hold_id,
-            status,
+            status: charge.into(),
         })
     }
 

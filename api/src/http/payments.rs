@@ -8,7 +8,7 @@ use serde::Deserialize;
 use poem::web::Data;
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed, signature};
-use service::payments::{PaymentEvent, WebhookBody, WebhookOutcome, WebhookReply};
+use service::payments::{Charge, PaymentEvent, WebhookBody, WebhookOutcome, WebhookReply};
 
 /// The payment's result.
 #[derive(Debug, Enum, Deserialize, Clone, Copy)]
@@ -21,7 +21,7 @@ pub enum PaymentStatus {
     Failed,
 }
 
-impl From<PaymentStatus> for entity::payment::PaymentStatus {
+impl From<PaymentStatus> for Charge {
     fn from(s: PaymentStatus) -> Self {
         match s {
             PaymentStatus::Paid => Self::Paid,
