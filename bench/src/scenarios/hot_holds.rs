@@ -16,10 +16,10 @@ pub(super) async fn run(bench: &Bench, pg: &PgBaselines, rows: &mut Vec<Row>) ->
     let mut hot = HotCurve::new();
     for c in CLIENT_COUNTS {
         let product = bench.app.create_product(STOCK, 100).await;
-        let sdk = bench.sdk.clone();
+        let (http, url) = (bench.http.clone(), bench.app.url("/api/holds"));
         let measured = bench
             .measure(&format!("hot-holds, {c} clients"), c, move |_, _| {
-                hold(sdk.clone(), product)
+                hold(http.clone(), url.clone(), product)
             })
             .await;
         let granted = measured.load.count(201) as i64;

@@ -21,15 +21,19 @@ pub(super) async fn run(bench: &Bench, ceiling: f64) -> (Row, i64) {
     let product = bench.app.create_product(STOCK as i64, 100).await;
     let started = Instant::now();
     let last_grant_us = Arc::new(AtomicU64::new(0));
-    let (sdk, last) = (bench.sdk.clone(), last_grant_us.clone());
+    let (http, url, last) = (
+        bench.http.clone(),
+        bench.app.url("/api/holds"),
+        last_grant_us.clone(),
+    );
     let selling = load(
         &format!("{}: sellout, 256 clients on 1,000 units", bench.name),
         256,
         bench.duration,
         move |_, _| {
-            let (sdk, last) = (sdk.clone(), last.clone());
+            let (http, url, last) = (http.clone(), url.clone(), last.clone());
             async move {
-                hold(sdk, product).await.inspect(|&status| {
+                hold(http, url, product).await.inspect(|&status| {
                     if status == 201 {
                         last.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                     }
@@ -41,10 +45,10 @@ pub(super) async fn run(bench: &Bench, ceiling: f64) -> (Row, i64) {
     let granted = selling.count(201);
     let sold_out_s = last_grant_us.load(Ordering::Relaxed) as f64 / 1e6;
     // Sold out now: what remains is the rejection rate.
-    let sdk = bench.sdk.clone();
+    let (http, url) = (bench.http.clone(), bench.app.url("/api/holds"));
     let rejecting = bench
         .measure("sold out, 256 clients", 256, move |_, _| {
-            hold(sdk.clone(), product)
+            hold(http.clone(), url.clone(), product)
         })
         .await;
     let check = if granted == STOCK {
