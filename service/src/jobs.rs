@@ -51,6 +51,22 @@ pub struct CheckPendingWebhook {
     pub hold_id: i64,
 }
 
+/// A job payload and the apalis queue it is stored under.
+pub trait Queued {
+    /// The queue's name in apalis's tables. Written out rather than left to apalis's
+    /// default, the payload type's path, which changes whenever the type moves and would
+    /// strand the jobs already queued under the old name.
+    const QUEUE: &'static str;
+}
+
+impl Queued for ExpireHold {
+    const QUEUE: &'static str = "api::jobs::ExpireHold";
+}
+
+impl Queued for CheckPendingWebhook {
+    const QUEUE: &'static str = "api::jobs::CheckPendingWebhook";
+}
+
 /// Attempts a job gets before apalis stops re-running it; the sweep covers the rest.
 pub const MAX_ATTEMPTS: usize = 10;
 
@@ -116,13 +132,17 @@ enum Storage<J> {
     Postgres(PostgresStorage<J>),
 }
 
-impl<J> Storage<J> {
+impl<J: Queued> Storage<J> {
     fn new(db: &Db) -> Self {
         match db.backend() {
-            DbBackend::Postgres => {
-                Self::Postgres(PostgresStorage::new(db.conn.get_postgres_connection_pool()))
-            }
-            _ => Self::Sqlite(SqliteStorage::new(db.conn.get_sqlite_connection_pool())),
+            DbBackend::Postgres => Self::Postgres(
+                PostgresStorage::new(db.conn.get_postgres_connection_pool())
+                    .with_config(apalis_postgres::Config::default().queue(J::QUEUE)),
+            ),
+            _ => Self::Sqlite(
+                SqliteStorage::new(db.conn.get_sqlite_connection_pool())
+                    .with_config(apalis_sqlite::Config::default().queue(J::QUEUE)),
+            ),
         }
     }
 

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use service::{
     Service,
-    jobs::{CheckPendingWebhook, ExpireHold, POLL_INTERVAL},
+    jobs::{CheckPendingWebhook, ExpireHold, POLL_INTERVAL, Queued},
 };
 
 use crate::jobs::Job;
@@ -154,7 +154,7 @@ macro_rules! job_worker {
         move |restarts| {
             let worker = <$job as Job>::WORKER;
             let config = <$config>::default()
-                .queue(std::any::type_name::<$job>())
+                .queue(<$job as Queued>::QUEUE)
                 .heartbeat_interval(HEARTBEAT)
                 .missed_heartbeats(MISSED_HEARTBEATS);
             let backend = $storage::<$job>::new(&pool).with_config(config);
