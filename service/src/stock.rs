@@ -44,8 +44,13 @@ pub async fn release_stock(conn: &impl ConnectionTrait, product_id: i64, units: 
 
 /// Conditions of a hold that still says `active` but reserves nothing any more.
 fn overdue_holds(product_id: i64, now_ms: i64) -> sea_orm::Condition {
+    overdue(now_ms).add(hold::Column::ProductId.eq(product_id))
+}
+
+/// Conditions of a hold of any product that still says `active` but reserves nothing any
+/// more: past its expiry, and no payment recorded for it.
+pub fn overdue(now_ms: i64) -> sea_orm::Condition {
     sea_orm::Condition::all()
-        .add(hold::Column::ProductId.eq(product_id))
         .add(hold::Column::Status.eq(HoldStatus::Active))
         .add(hold::Column::ExpiresAtMs.lte(now_ms))
         .add(hold::Column::PaidAtMs.is_null())

@@ -22,7 +22,7 @@ use super::{
         finish_order, log_refunds, settle_recorded, settle_recorded_without_order,
         unapplied_payments,
     },
-    stock::{reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
+    stock::{self, reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
 };
 use crate::Result;
 
@@ -219,9 +219,7 @@ impl Service {
             .select_only()
             .column(hold::Column::ProductId)
             .distinct()
-            .filter(hold::Column::Status.eq(HoldStatus::Active))
-            .filter(hold::Column::ExpiresAtMs.lte(now))
-            .filter(hold::Column::PaidAtMs.is_null())
+            .filter(stock::overdue(now))
             .limit(SWEEP_BATCH)
             .into_tuple()
             .all(&self.db.conn)
