@@ -6,6 +6,7 @@
 
 mod app;
 mod bins;
+mod customers;
 mod db;
 mod faults;
 mod macros;
@@ -14,14 +15,21 @@ mod proxy;
 mod reply;
 mod sdk;
 mod signing;
+mod tokens;
 mod wait;
 
 pub use app::{ADMIN_TOKEN, TestApp};
 pub use bins::bin;
+pub use customers::{bearer, rfc3339, rfc3339_millis};
 pub use db::{Backend, DEFAULT_PG_URL, TestDb};
 pub use faults::{StuckWriter, query_i64, stored_status};
 pub use processes::{TestWorker, assert_audit, audit, sweep};
 pub use proxy::TcpProxy;
 pub use reply::Reply;
 pub use signing::{sign, unix_now};
+pub use tokens::{
+    CUSTOMER_ENV, CUSTOMER_SECRET, EC_PRIVATE_PEM, EC_PUBLIC_KEY_FILE, EC_PUBLIC_PEM,
+    RSA_PRIVATE_PEM, RSA_PUBLIC_KEY_FILE, RSA_PUBLIC_PEM, TOKEN_LIFETIME_SECS, TokenKey,
+    customer_claims, customer_token, token, unsigned_token,
+};
 pub use wait::{eventually, free_port, status_of};

@@ -8,6 +8,7 @@ mod edges;
 mod expiry;
 mod faults;
 mod lifecycle;
+mod sales;
 mod spec;
 mod trust;
 mod webhook;
