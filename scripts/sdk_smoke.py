@@ -1,7 +1,8 @@
 """Smoke test of the generated Python SDK against a live flashsale-api:
-hold -> order -> signed `paid` webhook -> the order is paid.
+hold -> order -> signed `paid` webhook -> the order is paid; then a product limited per
+customer, held with a customer token.
 
-usage: sdk_smoke.py BASE_URL ADMIN_TOKEN WEBHOOK_SECRET
+usage: sdk_smoke.py BASE_URL ADMIN_TOKEN WEBHOOK_SECRET CUSTOMER_JWT_SECRET
 """
 
 import hashlib
@@ -9,6 +10,8 @@ import hmac
 import sys
 import time
 import uuid
+
+from customer_token import customer_token
 
 from flashsale_client import AuthenticatedClient, Client
 from flashsale_client.api.holds import create_hold, get_hold
@@ -23,7 +26,7 @@ from flashsale_client.models import (
     PaymentWebhook,
 )
 
-base_url, admin_token, secret = sys.argv[1:4]
+base_url, admin_token, secret, customer_secret = sys.argv[1:5]
 checks = 0
 
 
@@ -81,5 +84,25 @@ r = get_hold.sync_detailed(client=buyer, id=hold.hold_id)
 check(r.status_code == 200 and r.parsed.status.value == "ordered", "hold ordered")
 r = get_product.sync_detailed(client=buyer, id=product.id)
 check(r.parsed.available_stock == 3, "stock after the sale")
+
+# A customer's token through the SDK: the limit per customer, and the hold theirs alone.
+shopper = AuthenticatedClient(base_url=base_url, token=customer_token(customer_secret, "smoke-shopper"))
+r = create_product.sync_detailed(
+    client=admin,
+    body=CreateProduct(name="SDK limited drop", price_cents=100, total_stock=5, max_per_customer=1),
+)
+check(r.status_code == 201 and r.parsed.max_per_customer == 1, f"limited product: {r.content!r}")
+limited = r.parsed
+r = create_hold.sync_detailed(client=buyer, body=CreateHold(product_id=limited.id, qty=1))
+check(r.status_code == 401 and r.parsed.code == "customer_token_required", f"anonymous: {r.content!r}")
+r = create_hold.sync_detailed(client=shopper, body=CreateHold(product_id=limited.id, qty=1))
+check(r.status_code == 201, f"customer hold: {r.content!r}")
+mine = r.parsed
+r = create_hold.sync_detailed(client=shopper, body=CreateHold(product_id=limited.id, qty=1))
+check(r.status_code == 409 and r.parsed.code == "customer_limit_reached", f"limit: {r.content!r}")
+r = get_hold.sync_detailed(client=shopper, id=mine.hold_id)
+check(r.status_code == 200 and r.parsed.hold_id == mine.hold_id, "the owner reads the hold")
+r = get_hold.sync_detailed(client=buyer, id=mine.hold_id)
+check(r.status_code == 404, "anyone else gets 404")
 
 print(f"sdk smoke: {checks} passed, 0 failed")

@@ -3,6 +3,7 @@
 //! `--with-worker` it also runs the `worker` crate's loops in the same process.
 
 pub mod config;
+pub mod customers;
 pub mod http;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -42,6 +43,7 @@ impl App {
                     config.bind
                 )
             })?;
+        let customer_tokens = customers::CustomerTokens::from_config(&config.customers)?;
         let db = Db::connect(&config.database).await?;
         db.migrate().await?;
         tokio::spawn({
@@ -58,6 +60,7 @@ impl App {
             svc,
             config.admin_token.as_deref(),
             config.webhook_secrets(),
+            customer_tokens,
         ));
         let local_addr = acceptor
             .local_addr()

@@ -35,12 +35,17 @@ pub struct Model {
     pub expires_at_ms: i64,
     /// Set when a `paid` payment was recorded before the order existed: the hold no longer expires.
     pub paid_at_ms: Option<i64>,
-    /// The client's `Idempotency-Key`, unique across holds.
+    /// The client's `Idempotency-Key`, unique per customer (anonymous holds sharing one scope).
     pub idempotency_key: Option<String>,
     /// Hash of the request that created the hold, to detect a key reused with another body.
     pub request_hash: Option<String>,
     /// When it was made.
     pub created_at_ms: i64,
+    /// The customer it belongs to (a token's `sub`); `None` for an anonymous hold.
+    pub customer_id: Option<String>,
+    /// The product's `max_per_customer` it was granted under, for the audit: a limit the
+    /// operator lowers later does not make an earlier grant a breach.
+    pub customer_limit: Option<i64>,
 }
 
 /// The product a hold belongs to.

@@ -39,6 +39,8 @@ pub struct Model {
     pub created_at_ms: i64,
     /// When its status last changed.
     pub updated_at_ms: i64,
+    /// Its hold's customer; `None` when anonymous.
+    pub customer_id: Option<String>,
 }
 
 /// The hold an order was made from.

@@ -21,6 +21,12 @@ pub struct Model {
     pub available: i64,
     /// When it was created.
     pub created_at_ms: i64,
+    /// Before it, no hold is granted.
+    pub sale_starts_at_ms: Option<i64>,
+    /// From it on, no hold is granted.
+    pub sale_ends_at_ms: Option<i64>,
+    /// Most units one customer may hold and have ordered at once.
+    pub max_per_customer: Option<i64>,
 }
 
 /// The holds of a product.

@@ -213,6 +213,8 @@ mod tests {
             price_cents: 1,
             total_stock: 10,
             available_stock: available,
+            sale: Default::default(),
+            sale_state: crate::sales::SaleState::Live,
         }
     }
 

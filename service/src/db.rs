@@ -125,8 +125,33 @@ impl Db {
 
     /// The migrations, then the job queue's tables.
     async fn migrate_once(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.conn, None).await?;
+        match self.backend() {
+            DbBackend::Sqlite => {
+                let conn = self.sqlite_migration_connection().await?;
+                let migrated = Migrator::up(&conn, None).await;
+                conn.close().await?;
+                migrated?;
+            }
+            _ => Migrator::up(&self.conn, None).await?,
+        }
         crate::jobs::setup(self).await
+    }
+
+    /// SQLite: one connection to the same file with foreign-key enforcement off, as SQLite
+    /// requires for a migration that rebuilds a table others refer to (the migration checks
+    /// the foreign keys itself before it commits). The pragma cannot change inside a
+    /// transaction, hence a connection of its own rather than one of the pool's.
+    async fn sqlite_migration_connection(&self) -> Result<DatabaseConnection, DbErr> {
+        use sea_orm::{SqlxSqliteConnector, sqlx::sqlite::SqlitePoolOptions};
+        let opts = (*self.conn.get_sqlite_connection_pool().connect_options())
+            .clone()
+            .foreign_keys(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(|e| DbErr::Custom(format!("migration connection: {e}")))?;
+        Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
     }
 
     /// PostgreSQL: migrates while holding an advisory lock, so that processes starting

@@ -29,6 +29,40 @@ pub enum Error {
     /// The hold's time is up (or it was expired): it can never become an order.
     #[error("hold {0} has expired and can no longer become an order")]
     HoldExpired(i64),
+    /// The product's sale has not started yet.
+    #[error("the sale of product {product_id} starts at {starts_at}")]
+    SaleNotStarted {
+        /// The product asked for.
+        product_id: i64,
+        /// When its sale starts, RFC 3339.
+        starts_at: String,
+    },
+    /// The product's sale is over.
+    #[error("the sale of product {product_id} ended at {ended_at}")]
+    SaleEnded {
+        /// The product asked for.
+        product_id: i64,
+        /// When its sale ended, RFC 3339.
+        ended_at: String,
+    },
+    /// The product limits what one customer may take, so a hold needs a customer token.
+    #[error("product {0} is limited per customer: a hold needs a customer token")]
+    CustomerTokenRequired(i64),
+    /// The hold would take the customer past the product's limit per customer.
+    #[error(
+        "product {product_id} allows {limit} unit(s) per customer; you already have {has}, \
+         so {requested} more would pass the limit"
+    )]
+    CustomerLimitReached {
+        /// The product asked for.
+        product_id: i64,
+        /// Its `max_per_customer`.
+        limit: i64,
+        /// Units the customer holds or has ordered now.
+        has: i64,
+        /// Units asked for.
+        requested: i64,
+    },
     /// The Idempotency-Key was first used with a different request.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -99,6 +133,10 @@ impl Error {
             Self::OrderNotFound(_) => "order_not_found",
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::HoldExpired(_) => "hold_expired",
+            Self::SaleNotStarted { .. } => "sale_not_started",
+            Self::SaleEnded { .. } => "sale_ended",
+            Self::CustomerTokenRequired(_) => "customer_token_required",
+            Self::CustomerLimitReached { .. } => "customer_limit_reached",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Validation { .. } => "validation_error",
             Self::Unauthorized => "unauthorized",

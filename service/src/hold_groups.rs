@@ -10,6 +10,10 @@
 //! Several API processes stay correct because every decision is still made in the
 //! database, under the product's row lock.
 //!
+//! A group may carry many customers, some of them several times: with a limit per
+//! customer, the locked step counts all of their current units in one query and decides
+//! the requests in arrival order, in the group's one transaction.
+//!
 //! Only requests without an `Idempotency-Key` join groups: a keyed request must be checked
 //! against the keys already stored under the product lock, and one key refused by the
 //! unique index would abort the whole group's INSERT. Keyed requests take the single-hold
@@ -29,8 +33,9 @@ use tokio::sync::oneshot;
 
 use super::{
     Service,
-    holds::{HoldView, Reserved},
+    holds::{Ask, HoldView, Refusal, Reserved},
     now_ms,
+    sales::CustomerId,
 };
 use crate::{Error, Result, metrics::metrics};
 
@@ -58,8 +63,20 @@ pub fn longest_hold_wait_secs(db_wait_secs: u64) -> u64 {
 struct Waiting {
     /// Identifies the request in its queue, so that it can leave it.
     id: u64,
-    qty: i64,
+    /// What it asks for.
+    request: Request,
     reply: oneshot::Sender<Result<HoldView>>,
+}
+
+/// An unkeyed hold request as a group carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Request {
+    /// Units asked for.
+    qty: i64,
+    /// Who asks.
+    customer: Option<CustomerId>,
+    /// Whether this process knew the product to be limited per customer when it came.
+    limited: bool,
 }
 
 /// The product's queue is full.
@@ -81,16 +98,16 @@ impl HoldGroups {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a request for `qty` units; returns its id, and `true` when no leader runs for
+    /// Queues a request; returns its id, and `true` when no leader runs for
     /// this product (the caller must start one).
     fn enqueue(
         &self,
         product_id: i64,
-        qty: i64,
+        request: Request,
         reply: oneshot::Sender<Result<HoldView>>,
     ) -> Result<(u64, bool), QueueFull> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let waiting = Waiting { id, qty, reply };
+        let waiting = Waiting { id, request, reply };
         let mut map = self.lock();
         match map.entry(product_id) {
             Entry::Occupied(mut e) => {
@@ -170,11 +187,22 @@ impl Service {
     /// while the transaction may still commit would leave a hold nobody knows of. The
     /// transaction's own waits (for a connection, a lock, SQLite's write lock) are bounded
     /// by the same setting, and it rolls back when one runs out.
-    pub(super) async fn reserve_in_group(&self, product_id: i64, qty: i64) -> Result<HoldView> {
+    pub(super) async fn reserve_in_group(
+        &self,
+        product_id: i64,
+        qty: i64,
+        customer: Option<CustomerId>,
+        limited: bool,
+    ) -> Result<HoldView> {
         let (reply, mut answer) = oneshot::channel();
+        let request = Request {
+            qty,
+            customer,
+            limited,
+        };
         let (id, lead) = self
             .hold_groups
-            .enqueue(product_id, qty, reply)
+            .enqueue(product_id, request, reply)
             .map_err(|QueueFull| {
                 Error::Unavailable("too many hold requests wait for this product")
             })?;
@@ -213,25 +241,28 @@ impl Service {
                 guard.finished = true;
                 return;
             };
-            let qtys: Vec<i64> = group.iter().map(|w| w.qty).collect();
-            metrics().hold_group_size.observe(qtys.len() as f64);
+            let requests: Vec<Request> = group.iter().map(|w| w.request.clone()).collect();
+            metrics().hold_group_size.observe(requests.len() as f64);
             // Each wait inside the transaction is bounded by DB_WAIT_SECS; this bounds a
             // connection that stops answering altogether (no TCP keepalive in the driver),
             // so that the product's queue in this process cannot stall for good. Dropping
             // the future rolls back a transaction whose COMMIT was not sent; after that, the
             // outcome is unknown and answered as an internal error, never as "retry".
             let deadline = GROUP_DEADLINE_WAITS * self.db.wait();
-            let reserved = tokio::time::timeout(deadline, self.reserve_group(product_id, &qtys))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::OutcomeUnknown(format!(
-                        "the hold group of product {product_id} did not end within {deadline:?}; \
+            let reserved = tokio::time::timeout(
+                deadline,
+                self.reserve_group(product_id, &requests),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::OutcomeUnknown(format!(
+                    "the hold group of product {product_id} did not end within {deadline:?}; \
                          its outcome is unknown"
-                    )))
-                });
+                )))
+            });
             let decisions = match reserved {
                 Ok(decisions) => decisions,
-                Err(e) => share_error(e, qtys.len()),
+                Err(e) => share_error(e, requests.len()),
             };
             let mut created = Vec::new();
             for (waiting, decision) in group.into_iter().zip(decisions) {
@@ -253,37 +284,48 @@ impl Service {
 
     /// The group transaction: the locked step ([`take_units`](Self::take_units)) for
     /// every request of the group, then one INSERT of the granted holds.
-    async fn reserve_group(&self, product_id: i64, qtys: &[i64]) -> Result<Decisions> {
-        let (txn, refusals) = match self.take_units(product_id, qtys, None).await? {
-            Reserved::Taken { txn, refusals } => (txn, refusals),
-            Reserved::Refused(left) => {
-                let refusals = left.into_iter().map(Some).collect::<Vec<_>>();
-                return Ok(hand_out(product_id, qtys, &refusals, Vec::new()));
+    async fn reserve_group(&self, product_id: i64, requests: &[Request]) -> Result<Decisions> {
+        let asks: Vec<Ask<'_>> = requests
+            .iter()
+            .map(|r| Ask {
+                qty: r.qty,
+                customer: r.customer.as_ref().map(CustomerId::as_str),
+            })
+            .collect();
+        let limited = requests.iter().any(|r| r.limited);
+        let (txn, refusals, limit) = match self.take_units(product_id, &asks, None, limited).await?
+        {
+            Reserved::Taken {
+                txn,
+                refusals,
+                limit,
+            } => (txn, refusals, limit),
+            Reserved::Refused(why) => {
+                let refusals = why.into_iter().map(Some).collect::<Vec<_>>();
+                return Ok(hand_out(product_id, &asks, &refusals, Vec::new()));
             }
             Reserved::NoProduct => {
                 let not_found = |_| Err(Error::ProductNotFound(product_id));
-                return Ok(qtys.iter().map(not_found).collect());
+                return Ok(asks.iter().map(not_found).collect());
             }
             Reserved::Replay(_) => unreachable!("a group's requests have no key"),
         };
         // Read the clock only now that the lock is held: waiting must not shorten the TTL.
         let now = now_ms();
-        let expires_at_ms = now + self.hold_ttl_ms();
-        let granted: Vec<i64> = qtys
+        let granted: Vec<NewRow<'_>> = asks
             .iter()
             .zip(&refusals)
             .filter(|(_, refusal)| refusal.is_none())
-            .map(|(qty, _)| *qty)
+            .map(|(ask, _)| (ask.qty, ask.customer, ask.customer.and(limit)))
             .collect();
-        let inserted = hold::Model::find_by_statement(insert_holds(
+        let insert = insert_holds(
             self.db.backend(),
             product_id,
             &granted,
-            expires_at_ms,
+            now + self.hold_ttl_ms(),
             now,
-        ))
-        .all(&*txn)
-        .await?;
+        );
+        let inserted = hold::Model::find_by_statement(insert).all(&*txn).await?;
         assert_eq!(
             inserted.len(),
             granted.len(),
@@ -293,31 +335,31 @@ impl Service {
         tracing::debug!(
             product_id,
             holds = granted.len(),
-            refused = qtys.len() - granted.len(),
+            refused = asks.len() - granted.len(),
             "hold group reserved"
         );
-        Ok(hand_out(product_id, qtys, &refusals, inserted))
+        Ok(hand_out(product_id, &asks, &refusals, inserted))
     }
 }
 
 /// Each request's answer, in order: its refusal, or its hold among `inserted`.
 fn hand_out(
     product_id: i64,
-    qtys: &[i64],
-    refusals: &[Option<i64>],
+    asks: &[Ask<'_>],
+    refusals: &[Option<Refusal>],
     mut inserted: Vec<hold::Model>,
 ) -> Decisions {
-    // The new holds differ only in quantity, so any hold of the right quantity is the
-    // caller's own; the order RETURNING lists them in does not matter.
-    let decisions = qtys
+    // The new holds differ only in quantity and customer, so any hold of the right ones is
+    // the caller's own; the order RETURNING lists them in does not matter.
+    let decisions = asks
         .iter()
         .zip(refusals)
-        .map(|(&qty, refusal)| match refusal {
-            Some(left) => Err(Error::insufficient_stock(product_id, qty, *left)),
+        .map(|(ask, refusal)| match refusal {
+            Some(why) => Err(why.into_error(product_id, ask.qty)),
             None => {
                 let at = inserted
                     .iter()
-                    .position(|h| h.qty == qty)
+                    .position(|h| h.qty == ask.qty && h.customer_id.as_deref() == ask.customer)
                     .expect("one inserted hold per granted request");
                 Ok(HoldView::as_created(&inserted.swap_remove(at)))
             }
@@ -344,56 +386,69 @@ fn share_error(e: Error, n: usize) -> Decisions {
     decisions
 }
 
-/// One INSERT of active holds of `product_id`, one per quantity in `qtys`, returning them.
-/// Written by hand rather than as a multi-row `VALUES` list: the quantities travel as one
-/// JSON array, so the statement has the same text for every group size and each connection
+/// A hold to insert: its quantity, its customer, and the limit it was granted under.
+type NewRow<'a> = (i64, Option<&'a str>, Option<i64>);
+
+/// One INSERT of active holds of `product_id`, one per row of `rows`, returning them.
+/// Written by hand rather than as a multi-row `VALUES` list: the rows travel as one JSON
+/// array, so the statement has the same text for every group size and each connection
 /// prepares it once (a `VALUES` list would be a new statement, parsed and planned anew, for
 /// each size).
 fn insert_holds(
     backend: DbBackend,
     product_id: i64,
-    qtys: &[i64],
+    rows: &[NewRow<'_>],
     expires_at_ms: i64,
     now_ms: i64,
 ) -> Statement {
-    let qtys = serde_json::to_string(qtys).expect("integers serialise");
+    let rows = serde_json::to_string(rows).expect("integers and strings serialise");
     let active = HoldStatus::Active.to_value();
-    match backend {
-        DbBackend::Postgres => Statement::from_sql_and_values(
-            backend,
-            "INSERT INTO holds (product_id, qty, status, expires_at_ms, created_at_ms) \
-             SELECT $1, q::bigint, $2, $3, $4 FROM json_array_elements_text($5::json) AS q \
-             RETURNING *",
-            [
-                product_id.into(),
-                active.into(),
-                expires_at_ms.into(),
-                now_ms.into(),
-                qtys.into(),
-            ],
-        ),
-        _ => Statement::from_sql_and_values(
-            backend,
-            "INSERT INTO holds (product_id, qty, status, expires_at_ms, created_at_ms) \
-             SELECT ?, value, ?, ?, ? FROM json_each(?) RETURNING *",
-            [
-                product_id.into(),
-                active.into(),
-                expires_at_ms.into(),
-                now_ms.into(),
-                qtys.into(),
-            ],
-        ),
-    }
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "INSERT INTO holds (product_id, qty, status, expires_at_ms, created_at_ms, \
+               customer_id, customer_limit) \
+             SELECT $1, (r->>0)::bigint, $2, $3, $4, r->>1, (r->>2)::bigint \
+             FROM json_array_elements($5::json) AS r \
+             RETURNING *"
+        }
+        _ => {
+            "INSERT INTO holds (product_id, qty, status, expires_at_ms, created_at_ms, \
+               customer_id, customer_limit) \
+             SELECT ?, json_extract(value, '$[0]'), ?, ?, ?, json_extract(value, '$[1]'), \
+               json_extract(value, '$[2]') \
+             FROM json_each(?) RETURNING *"
+        }
+    };
+    Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            product_id.into(),
+            active.into(),
+            expires_at_ms.into(),
+            now_ms.into(),
+            rows.into(),
+        ],
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ask(qty: i64) -> Request {
+        Request {
+            qty,
+            customer: None,
+            limited: false,
+        }
+    }
+
     fn request(groups: &HoldGroups, qty: i64) -> (u64, bool, oneshot::Receiver<Result<HoldView>>) {
         let (reply, answer) = oneshot::channel();
-        let (id, lead) = groups.enqueue(1, qty, reply).expect("room in the queue");
+        let (id, lead) = groups
+            .enqueue(1, ask(qty), reply)
+            .expect("room in the queue");
         (id, lead, answer)
     }
 
@@ -405,7 +460,7 @@ mod tests {
         assert!(lead && !second_leads, "the first request starts the leader");
         assert!(groups.withdraw(1, first));
         let group = groups.next_group(1).expect("one request left");
-        assert_eq!(group.iter().map(|w| w.qty).collect::<Vec<_>>(), [2]);
+        assert_eq!(group.iter().map(|w| w.request.qty).collect::<Vec<_>>(), [2]);
     }
 
     #[test]
@@ -425,11 +480,11 @@ mod tests {
         let groups = HoldGroups::default();
         let answers: Vec<_> = (0..MAX_QUEUED).map(|_| request(&groups, 1).2).collect();
         let (reply, _answer) = oneshot::channel();
-        assert_eq!(groups.enqueue(1, 1, reply).unwrap_err(), QueueFull);
+        assert_eq!(groups.enqueue(1, ask(1), reply).unwrap_err(), QueueFull);
         drop(answers);
         let (reply, _answer) = oneshot::channel();
         assert!(
-            groups.enqueue(1, 1, reply).is_ok(),
+            groups.enqueue(1, ask(1), reply).is_ok(),
             "requests whose callers left make room"
         );
     }

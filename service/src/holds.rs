@@ -1,7 +1,10 @@
 //! Holds: reserving stock, with safe retries through `Idempotency-Key`, and the locked
 //! step every reservation shares, single or grouped ([`super::hold_groups`]).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use entity::{
     hold::{self, HoldStatus},
@@ -17,7 +20,8 @@ use super::{
     is_unique_violation,
     locks::lock_product,
     now_ms, request_hash,
-    stock::{reclaim_overdue_holds, take_stock},
+    sales::{CustomerId, customer_units, may_see},
+    stock::{reclaim_overdue_holds, release_stock, take_stock, take_stock_returning},
     validate_idempotency_key,
 };
 use crate::{Error, Result, db::WriteTxn, metrics::metrics};
@@ -97,22 +101,70 @@ pub struct NewHold {
     pub product_id: i64,
     /// Units to reserve, within the configured bounds.
     pub qty: i64,
-    /// Makes retries safe: the same key and request return the same hold.
+    /// Makes retries safe: the same key and request return the same hold. Scoped to the
+    /// customer (anonymous callers share one scope).
     pub idempotency_key: Option<String>,
+    /// Who asks; `None`: an anonymous shopper.
+    pub customer: Option<CustomerId>,
+}
+
+/// One request as the locked step of a reservation sees it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ask<'a> {
+    /// Units asked for.
+    pub qty: i64,
+    /// Who asks.
+    pub customer: Option<&'a str>,
+}
+
+/// A keyed request's key, the hash of its request, and the scope the key lives in.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Keyed<'a> {
+    key: &'a str,
+    hash: &'a str,
+    customer: Option<&'a str>,
+}
+
+/// Why the locked step refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Too few units: this many were free when its turn came.
+    Short(i64),
+    /// The product is limited per customer and the request has no customer.
+    TokenRequired,
+    /// The customer already has `has` units and the product allows `limit`.
+    Limit { limit: i64, has: i64 },
+}
+
+impl Refusal {
+    /// The error answered to a request for `qty` units of `product_id`.
+    pub(super) fn into_error(self, product_id: i64, qty: i64) -> Error {
+        match self {
+            Self::Short(left) => Error::insufficient_stock(product_id, qty, left),
+            Self::TokenRequired => Error::CustomerTokenRequired(product_id),
+            Self::Limit { limit, has } => Error::CustomerLimitReached {
+                product_id,
+                limit,
+                has,
+                requested: qty,
+            },
+        }
+    }
 }
 
 /// What the locked step of a reservation decided for its requests.
 pub(super) enum Reserved {
     /// The units of every request not refused are taken and the transaction goes on.
-    /// `refusals[i]` is `Some(left)` when request `i` was refused, `left` units being free
-    /// when its turn came.
+    /// `refusals[i]` says why request `i` was refused, if it was. `limit`: the product's
+    /// limit per customer the grants were decided under.
     Taken {
         txn: WriteTxn,
-        refusals: Vec<Option<i64>>,
+        refusals: Vec<Option<Refusal>>,
+        limit: Option<i64>,
     },
-    /// Every request refused, with the units free when its turn came; the transaction is
-    /// over (committed when it reclaimed overdue holds).
-    Refused(Vec<i64>),
+    /// Every request refused; the transaction is over (committed when it reclaimed
+    /// overdue holds).
+    Refused(Vec<Refusal>),
     /// No such product; rolled back.
     NoProduct,
     /// A hold stored with the request's key: the request is a retry. Rolled back.
@@ -121,7 +173,13 @@ pub(super) enum Reserved {
 
 impl Service {
     /// Checks a hold request against the configured bounds.
-    pub fn parse_hold(&self, product_id: i64, qty: i64, key: Option<String>) -> Result<NewHold> {
+    pub fn parse_hold(
+        &self,
+        product_id: i64,
+        qty: i64,
+        key: Option<String>,
+        customer: Option<CustomerId>,
+    ) -> Result<NewHold> {
         let max = self.rules.max_qty_per_hold;
         if !(1..=max).contains(&qty) {
             return Err(Error::validation(
@@ -136,6 +194,7 @@ impl Service {
             product_id,
             qty,
             idempotency_key: key,
+            customer,
         })
     }
 
@@ -146,47 +205,35 @@ impl Service {
             .idempotency_key
             .as_ref()
             .map(|_| request_hash(&["hold", &req.product_id.to_string(), &req.qty.to_string()]));
-        // This process's fresh evidence that the product is sold out, read before the key
-        // is looked up: the evidence was taken under the row lock after every commit that
-        // took the units it says are gone, so a hold committed with this key before it is
-        // visible to the lookup below, and a retry still finds its replay.
-        let short = self.cache.known_short(req.product_id, req.qty);
-        if let (Some(key), Some(hash)) = (&req.idempotency_key, &hash)
-            && let Some(replay) = replay(&self.db.conn, key, hash).await?
-        {
-            metrics().replays.with_label_values(&["hold"]).inc();
-            return Ok((replay, true));
-        }
-        // Refused from that evidence: no queueing behind the row lock.
-        let result = if let Some(available) = short {
-            Err(Error::insufficient_stock(
-                req.product_id,
-                req.qty,
-                available,
-            ))
-        } else {
-            match &hash {
-                Some(hash) => self.reserve(&req, Some(hash)).await,
-                None => self
-                    .reserve_in_group(req.product_id, req.qty)
-                    .await
-                    .map(|hold| (hold, false)),
+        let keyed = req
+            .idempotency_key
+            .as_deref()
+            .zip(hash.as_deref())
+            .map(|(key, hash)| Keyed {
+                key,
+                hash,
+                customer: req.customer.as_ref().map(CustomerId::as_str),
+            });
+        let limited = match self.admit_hold(&req, keyed).await {
+            Ok(Admitted::Limited(limited)) => limited,
+            Ok(Admitted::Replay(replay)) => {
+                metrics().replays.with_label_values(&["hold"]).inc();
+                return Ok((replay, true));
+            }
+            Err(e) => {
+                count_outcome(Err(&e));
+                return Err(e);
             }
         };
-        let m = metrics();
-        match &result {
-            Ok((_, true)) => m.replays.with_label_values(&["hold"]).inc(),
-            Ok((_, false)) => m.holds.with_label_values(&["created"]).inc(),
-            Err(Error::InsufficientStock { .. }) => m.holds.with_label_values(&["rejected"]).inc(),
-            Err(_) => {}
-        }
+        let result = self.reserve_admitted(&req, keyed, limited).await;
+        count_outcome(result.as_ref().map(|(_, replayed)| *replayed));
         match result {
             // Another request with the same key committed first.
             Err(Error::Database(e)) if is_unique_violation(&e) => {
-                let (Some(key), Some(hash)) = (&req.idempotency_key, &hash) else {
+                let Some(keyed) = keyed else {
                     return Err(Error::Database(e));
                 };
-                match replay(&self.db.conn, key, hash).await? {
+                match replay(&self.db.conn, keyed).await? {
                     Some(replay) => Ok((replay, true)),
                     None => Err(Error::Database(e)),
                 }
@@ -195,25 +242,99 @@ impl Service {
         }
     }
 
+    /// What the sale's settings, in this process's memory, say of `req` before any
+    /// transaction: refused (the sale is not open, or a token is missing), a replay of a
+    /// hold made before the sale ended, or admitted, limited per customer or not.
+    async fn admit_hold(&self, req: &NewHold, keyed: Option<Keyed<'_>>) -> Result<Admitted> {
+        let settings = self
+            .sale_settings(req.product_id)
+            .await?
+            .ok_or(Error::ProductNotFound(req.product_id))?;
+        match settings.admit(req.product_id, now_ms(), req.customer.as_ref()) {
+            Ok(()) => Ok(Admitted::Limited(settings.max_per_customer.is_some())),
+            // A retry of a hold made before the end still finds its hold.
+            Err(ended @ Error::SaleEnded { .. }) => match keyed {
+                Some(keyed) => replay(&self.db.conn, keyed)
+                    .await?
+                    .map(Admitted::Replay)
+                    .ok_or(ended),
+                None => Err(ended),
+            },
+            Err(refused) => Err(refused),
+        }
+    }
+
+    /// Reserves an admitted request: refused at once on this process's fresh evidence that
+    /// too few units are free, else a replay, the keyed transaction, or a place in a group.
+    async fn reserve_admitted(
+        &self,
+        req: &NewHold,
+        keyed: Option<Keyed<'_>>,
+        limited: bool,
+    ) -> Result<(HoldView, bool)> {
+        // This process's fresh evidence that the product is sold out, read before the key
+        // is looked up: the evidence was taken under the row lock after every commit that
+        // took the units it says are gone, so a hold committed with this key before it is
+        // visible to the lookup below, and a retry still finds its replay.
+        let short = self.cache.known_short(req.product_id, req.qty);
+        if let Some(keyed) = keyed
+            && let Some(replay) = replay(&self.db.conn, keyed).await?
+        {
+            return Ok((replay, true));
+        }
+        // Refused from that evidence: no queueing behind the row lock.
+        if let Some(available) = short {
+            return Err(Error::insufficient_stock(
+                req.product_id,
+                req.qty,
+                available,
+            ));
+        }
+        match keyed {
+            Some(keyed) => self.reserve(req, keyed, limited).await,
+            None => self
+                .reserve_in_group(req.product_id, req.qty, req.customer.clone(), limited)
+                .await
+                .map(|hold| (hold, false)),
+        }
+    }
+
     /// The single-hold reservation transaction, for keyed requests: the locked step
     /// ([`take_units`](Self::take_units)), then, under the product lock, a stored hold
     /// with the key is a replay; otherwise the hold is inserted.
-    async fn reserve(&self, req: &NewHold, hash: Option<&str>) -> Result<(HoldView, bool)> {
-        let key = req.idempotency_key.as_deref().zip(hash);
-        let txn = match self.take_units(req.product_id, &[req.qty], key).await? {
-            Reserved::Taken { txn, .. } => txn,
-            Reserved::Refused(left) => {
-                return Err(Error::insufficient_stock(req.product_id, req.qty, left[0]));
-            }
+    async fn reserve(
+        &self,
+        req: &NewHold,
+        keyed: Keyed<'_>,
+        limited: bool,
+    ) -> Result<(HoldView, bool)> {
+        let ask = Ask {
+            qty: req.qty,
+            customer: keyed.customer,
+        };
+        let reserved = self
+            .take_units(req.product_id, &[ask], Some(keyed), limited)
+            .await?;
+        let (txn, limit) = match reserved {
+            Reserved::Taken {
+                txn,
+                refusals,
+                limit,
+            } => match refusals[0] {
+                None => (txn, limit),
+                Some(refusal) => {
+                    txn.rollback().await?;
+                    return Err(refusal.into_error(req.product_id, req.qty));
+                }
+            },
+            Reserved::Refused(why) => return Err(why[0].into_error(req.product_id, req.qty)),
             Reserved::NoProduct => return Err(Error::ProductNotFound(req.product_id)),
             Reserved::Replay(replay) => return Ok((replay, true)),
         };
-        if let Some((key, hash)) = key {
-            // Under the product lock now: a concurrent retry on this product has committed.
-            if let Some(replay) = replay(&*txn, key, hash).await? {
-                txn.rollback().await?;
-                return Ok((replay, true));
-            }
+        // Under the product lock now: a concurrent retry on this product has committed.
+        if let Some(replay) = replay(&*txn, keyed).await? {
+            txn.rollback().await?;
+            return Ok((replay, true));
         }
         // Read the clock only now that the locks are held: waiting must not shorten the TTL.
         let now = now_ms();
@@ -223,9 +344,11 @@ impl Service {
             status: Set(HoldStatus::Active),
             expires_at_ms: Set(now + self.hold_ttl_ms()),
             paid_at_ms: Set(None),
-            idempotency_key: Set(req.idempotency_key.clone()),
-            request_hash: Set(hash.map(str::to_owned)),
+            idempotency_key: Set(Some(keyed.key.to_owned())),
+            request_hash: Set(Some(keyed.hash.to_owned())),
             created_at_ms: Set(now),
+            customer_id: Set(keyed.customer.map(str::to_owned)),
+            customer_limit: Set(keyed.customer.and(limit)),
             ..Default::default()
         }
         .insert(&*txn)
@@ -243,24 +366,55 @@ impl Service {
         Ok((HoldView::as_created(&hold), false))
     }
 
-    /// The locked step of every reservation, for requests of `qtys` units of `product_id`
-    /// in arrival order. It begins the transaction and takes the sum of `qtys` with one
-    /// conditional UPDATE (which also locks the product row on PostgreSQL). Only when that
-    /// finds too little, it locks the row, checks `key` (key and request hash) for a
-    /// replay, reclaims overdue holds, and grants the requests in arrival order while units
-    /// last.
+    /// The locked step of every reservation, for `asks` on `product_id` in arrival order.
+    /// It begins the transaction; unless the product is `limited` per customer (as this
+    /// process remembers it), it takes the sum of the asks with one conditional UPDATE,
+    /// which also locks the product row on PostgreSQL. Otherwise, or when that finds too
+    /// little, or a limit this process did not know of yet, it decides under the row lock
+    /// ([`take_locked`](Self::take_locked)).
     pub(super) async fn take_units(
         &self,
         product_id: i64,
-        qtys: &[i64],
-        key: Option<(&str, &str)>,
+        asks: &[Ask<'_>],
+        keyed: Option<Keyed<'_>>,
+        limited: bool,
     ) -> Result<Reserved> {
         let evidence = self.cache.ticket(product_id);
         let txn = self.db.begin_write().await?;
-        if take_stock(&*txn, product_id, qtys.iter().sum()).await? {
-            let refusals = vec![None; qtys.len()];
-            return Ok(Reserved::Taken { txn, refusals });
+        if !limited {
+            let sum = asks.iter().map(|a| a.qty).sum();
+            match take_stock_returning(&*txn, product_id, sum).await? {
+                Some(p) if p.max_per_customer.is_none() => {
+                    let refusals = vec![None; asks.len()];
+                    return Ok(Reserved::Taken {
+                        txn,
+                        refusals,
+                        limit: None,
+                    });
+                }
+                // A limit set since this process last read the settings: give the units
+                // back and decide each request against it, under the lock now held.
+                Some(p) => release_stock(&*txn, p.id, sum).await?,
+                None => {}
+            }
         }
+        self.take_locked(txn, evidence, product_id, asks, keyed)
+            .await
+    }
+
+    /// The locked step's decision under the product's row lock: a retry of a keyed
+    /// request that committed is a replay; overdue holds are reclaimed (marked expired
+    /// under their own row locks, so that a payment being recorded for one cannot revive
+    /// it behind the count below); with a limit per customer, the asks' customers' units
+    /// are counted in one query; then the asks are granted in arrival order.
+    async fn take_locked(
+        &self,
+        txn: WriteTxn,
+        evidence: Ticket,
+        product_id: i64,
+        asks: &[Ask<'_>],
+        keyed: Option<Keyed<'_>>,
+    ) -> Result<Reserved> {
         // Both clocks read before the locked read: the evidence is at least this fresh.
         let read_at = (Instant::now(), now_ms());
         let Some(p) = lock_product(&*txn, product_id).await? else {
@@ -268,26 +422,39 @@ impl Service {
             return Ok(Reserved::NoProduct);
         };
         // A retry of a request that took the last units is a replay, not a refusal.
-        if let Some((key, hash)) = key
-            && let Some(replay) = replay(&*txn, key, hash).await?
+        if let Some(keyed) = keyed
+            && let Some(replay) = replay(&*txn, keyed).await?
         {
             txn.rollback().await?;
             return Ok(Reserved::Replay(replay));
         }
-        let reclaimed = reclaim_overdue_holds(&*txn, p.id, now_ms()).await?;
-        let (granted, refusals) = grant_in_order(p.available + reclaimed, qtys);
+        let now = now_ms();
+        let reclaimed = reclaim_overdue_holds(&*txn, p.id, now).await?;
+        let units = match p.max_per_customer {
+            Some(_) => {
+                let customers: Vec<&str> = asks.iter().filter_map(|a| a.customer).collect();
+                customer_units(&*txn, p.id, &customers, now).await?
+            }
+            None => HashMap::new(),
+        };
+        let (granted, refusals) =
+            grant_in_order(p.available + reclaimed, p.max_per_customer, &units, asks);
         if granted == 0 {
             self.end_refused(txn, evidence, &p, reclaimed, read_at)
                 .await?;
-            let left = refusals.into_iter().map(|r| r.expect("all refused"));
-            return Ok(Reserved::Refused(left.collect()));
+            let why = refusals.into_iter().map(|r| r.expect("all refused"));
+            return Ok(Reserved::Refused(why.collect()));
         }
         assert!(
             take_stock(&*txn, p.id, granted).await?,
             "product {} lost units under its lock",
             p.id
         );
-        Ok(Reserved::Taken { txn, refusals })
+        Ok(Reserved::Taken {
+            txn,
+            refusals,
+            limit: p.max_per_customer,
+        })
     }
 
     /// Ends a reservation transaction that could grant nothing. Overdue holds it reclaimed
@@ -315,30 +482,80 @@ impl Service {
         Ok(())
     }
 
-    /// Hold `id` with its current status.
-    pub async fn hold(&self, id: i64) -> Result<HoldView> {
+    /// Hold `id` with its current status, if `caller` may see it: a customer's hold is
+    /// theirs alone, and to anyone else it does not exist.
+    pub async fn hold(&self, id: i64, caller: Option<&CustomerId>) -> Result<HoldView> {
         let h = hold::Entity::find_by_id(id)
             .one(&self.db.conn)
             .await?
+            .filter(|h| may_see(h.customer_id.as_deref(), caller))
             .ok_or(Error::HoldNotFound(id))?;
         Ok(HoldView::current(&h, now_ms()))
     }
 }
 
-/// Grants requests of `qtys` units in arrival order while `free` units last. Returns the
-/// units granted, and for each request `Some(left)` when refused, `left` units being free
-/// when its turn came.
-fn grant_in_order(free: i64, qtys: &[i64]) -> (i64, Vec<Option<i64>>) {
+/// What [`Service::admit_hold`] decided.
+enum Admitted {
+    /// Go on to reserve; `true` when the product is limited per customer.
+    Limited(bool),
+    /// The hold this retry made before the sale ended.
+    Replay(HoldView),
+}
+
+/// Counts a hold request's outcome: `Ok(replayed)` or its error.
+fn count_outcome(result: std::result::Result<bool, &Error>) {
+    let outcome = match result {
+        Ok(true) => "replayed",
+        Ok(false) => "created",
+        Err(Error::InsufficientStock { .. }) => "rejected",
+        Err(Error::SaleNotStarted { .. } | Error::SaleEnded { .. }) => "sale_closed",
+        Err(Error::CustomerLimitReached { .. } | Error::CustomerTokenRequired(_)) => {
+            "customer_limit"
+        }
+        Err(_) => return,
+    };
+    match outcome {
+        "replayed" => metrics().replays.with_label_values(&["hold"]).inc(),
+        outcome => metrics().holds.with_label_values(&[outcome]).inc(),
+    }
+}
+
+/// Grants `asks` in arrival order while `free` units last. With a `limit` per customer,
+/// an ask needs a customer, and is granted only if its customer's units (`units` now, plus
+/// what earlier asks of the same customer were granted) stay within the limit. Returns the
+/// units granted and, for each ask, why it was refused, if it was.
+fn grant_in_order(
+    free: i64,
+    limit: Option<i64>,
+    units: &HashMap<String, i64>,
+    asks: &[Ask<'_>],
+) -> (i64, Vec<Option<Refusal>>) {
     let mut left = free;
-    let refusals = qtys
+    let mut has: HashMap<&str, i64> = HashMap::new();
+    let refusals = asks
         .iter()
-        .map(|&qty| {
-            if qty <= left {
-                left -= qty;
-                None
-            } else {
-                Some(left)
+        .map(|ask| {
+            let customer = match (limit, ask.customer) {
+                (Some(_), None) => return Some(Refusal::TokenRequired),
+                (Some(limit), Some(c)) => {
+                    let had = *has
+                        .entry(c)
+                        .or_insert_with(|| units.get(c).copied().unwrap_or(0));
+                    if had + ask.qty > limit {
+                        return Some(Refusal::Limit { limit, has: had });
+                    }
+                    Some(c)
+                }
+                (None, _) => None,
+            };
+            if ask.qty > left {
+                return Some(Refusal::Short(left));
             }
+            left -= ask.qty;
+            if let Some(c) = customer {
+                *has.get_mut(c).expect("counted above") += ask.qty;
+            }
+            None
         })
         .collect();
     (free - left, refusals)
@@ -358,16 +575,22 @@ async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<
     Ok(next.flatten())
 }
 
-/// The earlier answer for `key`, or 409 when it was made for a different request.
-async fn replay(conn: &impl ConnectionTrait, key: &str, hash: &str) -> Result<Option<HoldView>> {
+/// The earlier answer for the key in its customer's scope, or 409 when it was made for a
+/// different request.
+async fn replay(conn: &impl ConnectionTrait, keyed: Keyed<'_>) -> Result<Option<HoldView>> {
+    let scope = match keyed.customer {
+        Some(customer) => hold::Column::CustomerId.eq(customer),
+        None => hold::Column::CustomerId.is_null(),
+    };
     let Some(h) = hold::Entity::find()
-        .filter(hold::Column::IdempotencyKey.eq(key))
+        .filter(hold::Column::IdempotencyKey.eq(keyed.key))
+        .filter(scope)
         .one(conn)
         .await?
     else {
         return Ok(None);
     };
-    if h.request_hash.as_deref() != Some(hash) {
+    if h.request_hash.as_deref() != Some(keyed.hash) {
         return Err(Error::IdempotencyKeyReused);
     }
     Ok(Some(HoldView::as_created(&h)))
@@ -375,15 +598,59 @@ async fn replay(conn: &impl ConnectionTrait, key: &str, hash: &str) -> Result<Op
 
 #[cfg(test)]
 mod tests {
-    use super::grant_in_order;
+    use super::*;
+
+    fn ask(qty: i64, customer: Option<&str>) -> Ask<'_> {
+        Ask { qty, customer }
+    }
 
     #[test]
     fn requests_are_granted_in_arrival_order_while_units_last() {
+        let none = HashMap::new();
+        let asks = [ask(2, None), ask(4, None), ask(3, None)];
+        let short = |left| Some(Refusal::Short(left));
         assert_eq!(
-            grant_in_order(5, &[2, 4, 3]),
-            (5, vec![None, Some(3), None])
+            grant_in_order(5, None, &none, &asks),
+            (5, vec![None, short(3), None])
         );
-        assert_eq!(grant_in_order(1, &[2, 3]), (0, vec![Some(1), Some(1)]));
-        assert_eq!(grant_in_order(9, &[1, 2]), (3, vec![None, None]));
+        let asks = [ask(2, None), ask(3, None)];
+        assert_eq!(
+            grant_in_order(1, None, &none, &asks),
+            (0, vec![short(1), short(1)])
+        );
+        assert_eq!(grant_in_order(9, None, &none, &asks[..1]).0, 2);
+    }
+
+    #[test]
+    fn a_limit_counts_what_the_customer_has_and_what_the_group_gave_them() {
+        let units = HashMap::from([("a".to_owned(), 1)]);
+        let asks = [
+            ask(1, Some("a")),
+            ask(1, Some("a")),
+            ask(2, Some("b")),
+            ask(1, Some("b")),
+            ask(1, None),
+        ];
+        let (granted, refusals) = grant_in_order(100, Some(2), &units, &asks);
+        assert_eq!(granted, 3);
+        assert_eq!(
+            refusals,
+            vec![
+                None,
+                Some(Refusal::Limit { limit: 2, has: 2 }),
+                None,
+                Some(Refusal::Limit { limit: 2, has: 2 }),
+                Some(Refusal::TokenRequired),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_customer_refused_for_stock_keeps_their_allowance() {
+        let none = HashMap::new();
+        let asks = [ask(3, Some("a")), ask(1, Some("a"))];
+        let (granted, refusals) = grant_in_order(2, Some(3), &none, &asks);
+        assert_eq!(granted, 1);
+        assert_eq!(refusals, vec![Some(Refusal::Short(2)), None]);
     }
 }

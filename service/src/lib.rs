@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod sales;
 pub mod settlement;
 pub mod stock;
 pub mod upkeep;
@@ -46,6 +47,8 @@ pub struct Service {
     pub jobs: JobQueue,
     /// Unkeyed hold requests waiting for their product's next group.
     hold_groups: Arc<hold_groups::HoldGroups>,
+    /// This process's memory of every product's sale settings.
+    pub sales: Arc<sales::SaleMemory>,
 }
 
 impl Service {
@@ -57,6 +60,7 @@ impl Service {
             rules: Arc::new(rules),
             cache: Arc::new(ProductCache::default()),
             hold_groups: Arc::default(),
+            sales: Arc::default(),
         }
     }
 

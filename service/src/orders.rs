@@ -10,7 +10,14 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
-use super::{Service, holds::is_overdue, locks::lock_hold, now_ms, stock::order_hold};
+use super::{
+    Service,
+    holds::is_overdue,
+    locks::lock_hold,
+    now_ms,
+    sales::{CustomerId, may_see},
+    stock::order_hold,
+};
 use crate::{Error, Result, metrics::metrics};
 
 /// Where an order is in its life, as the service reports it.
@@ -68,12 +75,18 @@ impl From<order::Model> for OrderView {
 }
 
 impl Service {
-    /// Creates the order for `hold_id`. Returns it and `true` when the hold already had one
-    /// (a retry), in which case nothing changed.
-    pub async fn create_order(&self, hold_id: i64) -> Result<(OrderView, bool)> {
+    /// Creates the order for `hold_id` on behalf of `caller`, who must be allowed to see
+    /// the hold. Returns it and `true` when the hold already had one (a retry), in which
+    /// case nothing changed.
+    pub async fn create_order(
+        &self,
+        hold_id: i64,
+        caller: Option<&CustomerId>,
+    ) -> Result<(OrderView, bool)> {
         let txn = self.db.begin_write().await?;
         // The hold's row lock serialises every attempt to order it.
-        let Some(h) = lock_hold(&*txn, hold_id).await? else {
+        let found = lock_hold(&*txn, hold_id).await?;
+        let Some(h) = found.filter(|h| may_see(h.customer_id.as_deref(), caller)) else {
             txn.rollback().await?;
             return Err(Error::HoldNotFound(hold_id));
         };
@@ -136,11 +149,13 @@ impl Service {
         .collect())
     }
 
-    /// Order `id`.
-    pub async fn order(&self, id: i64) -> Result<OrderView> {
+    /// Order `id`, if `caller` may see it: a customer's order is theirs alone, and to
+    /// anyone else it does not exist.
+    pub async fn order(&self, id: i64, caller: Option<&CustomerId>) -> Result<OrderView> {
         order::Entity::find_by_id(id)
             .one(&self.db.conn)
             .await?
+            .filter(|o| may_see(o.customer_id.as_deref(), caller))
             .map(Into::into)
             .ok_or(Error::OrderNotFound(id))
     }
@@ -169,6 +184,7 @@ async fn insert_order(
         status: Set(OrderStatus::Pending),
         created_at_ms: Set(now_ms),
         updated_at_ms: Set(now_ms),
+        customer_id: Set(h.customer_id.clone()),
         ..Default::default()
     }
     .insert(conn)

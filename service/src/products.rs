@@ -5,7 +5,10 @@ use std::time::Instant;
 use entity::product;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Set};
 
-use super::{Service, now_ms};
+use super::{
+    Service, now_ms,
+    sales::{SaleSettings, SaleState},
+};
 use crate::{Error, Result};
 
 /// Longest product name, in characters.
@@ -28,6 +31,26 @@ pub struct ProductView {
     pub total_stock: i64,
     /// Units a new hold could take right now.
     pub available_stock: i64,
+    /// Its sale's window and limit per customer.
+    pub sale: SaleSettings,
+    /// Where its sale is, by the clock when this view was served.
+    pub sale_state: SaleState,
+}
+
+impl ProductView {
+    /// The view of `p`, with `available_stock` free, at `now_ms`.
+    fn of(p: product::Model, available_stock: i64, now_ms: i64) -> Self {
+        let sale = SaleSettings::of(&p);
+        Self {
+            id: p.id,
+            name: p.name,
+            price_cents: p.price_cents,
+            total_stock: p.total_stock,
+            available_stock,
+            sale_state: sale.state(now_ms),
+            sale,
+        }
+    }
 }
 
 /// A validated request to create a product.
@@ -39,11 +62,18 @@ pub struct NewProduct {
     pub price_cents: i64,
     /// Units for sale, 0 to [`MAX_TOTAL_STOCK`], all available at first.
     pub total_stock: i64,
+    /// Its sale's window and limit per customer, checked by [`SaleSettings::parse`].
+    pub sale: SaleSettings,
 }
 
 impl NewProduct {
     /// Checks every field against its bounds.
-    pub fn parse(name: &str, price_cents: i64, total_stock: i64) -> Result<Self> {
+    pub fn parse(
+        name: &str,
+        price_cents: i64,
+        total_stock: i64,
+        sale: SaleSettings,
+    ) -> Result<Self> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
             return Err(Error::validation(
@@ -73,6 +103,7 @@ impl NewProduct {
             name: name.to_owned(),
             price_cents,
             total_stock,
+            sale,
         })
     }
 }
@@ -86,18 +117,17 @@ impl Service {
             total_stock: Set(new.total_stock),
             available: Set(new.total_stock),
             created_at_ms: Set(now_ms()),
+            sale_starts_at_ms: Set(new.sale.starts_at_ms),
+            sale_ends_at_ms: Set(new.sale.ends_at_ms),
+            max_per_customer: Set(new.sale.max_per_customer),
             ..Default::default()
         }
         .insert(&self.db.conn)
         .await?;
         self.cache.invalidate(model.id);
-        Ok(ProductView {
-            available_stock: model.available,
-            id: model.id,
-            name: model.name,
-            price_cents: model.price_cents,
-            total_stock: model.total_stock,
-        })
+        self.sales.forget(model.id);
+        let available = model.available;
+        Ok(ProductView::of(model, available, now_ms()))
     }
 
     /// Creates the demo product unless some product exists already.
@@ -105,11 +135,12 @@ impl Service {
         if product::Entity::find().count(&self.db.conn).await? > 0 {
             return Ok(None);
         }
-        let demo = NewProduct::parse("Limited sneaker drop", 12_999, 100)?;
+        let demo = NewProduct::parse("Limited sneaker drop", 12_999, 100, SaleSettings::default())?;
         self.create_product(demo).await.map(Some)
     }
 
-    /// The product as the public sees it, from the cache when fresh.
+    /// The product as the public sees it, from the cache when fresh, its sale's state by
+    /// the clock now.
     pub async fn product(&self, id: i64) -> Result<ProductView> {
         let found = match self.cache.get(id) {
             Ok(hit) => hit,
@@ -122,7 +153,9 @@ impl Service {
                 found
             }
         };
-        found.ok_or(Error::ProductNotFound(id))
+        let mut view = found.ok_or(Error::ProductNotFound(id))?;
+        view.sale_state = view.sale.state(now_ms());
+        Ok(view)
     }
 }
 
@@ -136,11 +169,6 @@ pub async fn load_product_view(
         return Ok(None);
     };
     let overdue = crate::stock::overdue_hold_qty(conn, id, now_ms).await?;
-    Ok(Some(ProductView {
-        available_stock: p.available + overdue,
-        id: p.id,
-        name: p.name,
-        price_cents: p.price_cents,
-        total_stock: p.total_stock,
-    }))
+    let available = p.available + overdue;
+    Ok(Some(ProductView::of(p, available, now_ms)))
 }

@@ -27,6 +27,25 @@ pub async fn take_stock(conn: &impl ConnectionTrait, product_id: i64, qty: i64) 
     Ok(res.rows_affected == 1)
 }
 
+/// [`take_stock`], returning the product's row as the UPDATE left it: `None` when fewer
+/// than `qty` units are available (or no such product).
+pub async fn take_stock_returning(
+    conn: &impl ConnectionTrait,
+    product_id: i64,
+    qty: i64,
+) -> Result<Option<product::Model>> {
+    let mut rows = product::Entity::update_many()
+        .col_expr(
+            product::Column::Available,
+            Expr::col(product::Column::Available).sub(qty),
+        )
+        .filter(product::Column::Id.eq(product_id))
+        .filter(product::Column::Available.gte(qty))
+        .exec_with_returning(conn)
+        .await?;
+    Ok(rows.pop())
+}
+
 /// Gives `units` back to product `product_id`'s available stock.
 pub async fn release_stock(conn: &impl ConnectionTrait, product_id: i64, units: i64) -> Result<()> {
     assert!(units > 0, "release of {units} units");

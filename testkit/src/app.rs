@@ -117,6 +117,11 @@ impl TestApp {
         let _ = self.child.wait();
     }
 
+    /// The SDK sending a customer's token with every request.
+    pub fn sdk_as(&self, token: &str) -> client::Client {
+        bearer_sdk(&format!("http://{}", self.addr), token)
+    }
+
     /// The log lines the process printed so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().expect("log lock").clone()
@@ -179,17 +184,20 @@ fn addr_in(line: &str) -> Option<String> {
 
 /// An SDK for `base` that sends the admin token with every request.
 fn admin_sdk(base: &str) -> client::Client {
-    let mut admin_headers = reqwest::header::HeaderMap::new();
-    admin_headers.insert(
+    bearer_sdk(base, ADMIN_TOKEN)
+}
+
+/// An SDK for `base` that sends `Authorization: Bearer <token>` with every request.
+fn bearer_sdk(base: &str, token: &str) -> client::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
         "authorization",
-        format!("Bearer {ADMIN_TOKEN}")
-            .parse()
-            .expect("header value"),
+        format!("Bearer {token}").parse().expect("header value"),
     );
-    let admin_client = reqwest::Client::builder()
-        .default_headers(admin_headers)
+    let with_token = reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(PATIENCE)
         .build()
         .expect("client");
-    client::Client::new_with_client(base, admin_client)
+    client::Client::new_with_client(base, with_token)
 }

@@ -21,6 +21,9 @@ impl TestApp {
             name: "Test sneaker".parse().expect("a valid name"),
             price_cents,
             total_stock: stock,
+            sale_starts_at: None,
+            sale_ends_at: None,
+            max_per_customer: None,
         };
         let sent = self.admin_sdk.create_product().body(body).send().await;
         expect_status(sent, 201, "POST /api/admin/products").id

@@ -32,14 +32,15 @@ pub enum ApiError {
     /// Malformed JSON (`invalid_json`) or a parameter that does not parse (`invalid_parameter`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// Missing or wrong credentials (`unauthorized`, `invalid_signature`).
+    /// Missing or wrong credentials (`unauthorized`, `invalid_signature`, `invalid_token`,
+    /// `customer_token_required`).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
     /// The resource does not exist (`product_not_found`, `hold_not_found`, `order_not_found`).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The request conflicts with the current state (`insufficient_stock`, `hold_expired`,
-    /// `idempotency_key_reused`).
+    /// `sale_not_started`, `sale_ended`, `customer_limit_reached`, `idempotency_key_reused`).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The body is over 64 KiB (`payload_too_large`).
@@ -88,9 +89,14 @@ impl From<Error> for ApiError {
             }
             Error::InsufficientStock { .. }
             | Error::HoldExpired(_)
+            | Error::SaleNotStarted { .. }
+            | Error::SaleEnded { .. }
+            | Error::CustomerLimitReached { .. }
             | Error::IdempotencyKeyReused => Self::Conflict(b),
             Error::Validation { .. } => Self::Unprocessable(b),
-            Error::Unauthorized | Error::InvalidSignature(_) => Self::Unauthorized(b),
+            Error::Unauthorized | Error::InvalidSignature(_) | Error::CustomerTokenRequired(_) => {
+                Self::Unauthorized(b)
+            }
             Error::Unavailable(why) => {
                 tracing::warn!(reason = why, "request refused: database unavailable");
                 Self::Unavailable(body("database_unavailable", format!("{why}; retry later")))

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use poem::web::Data;
 
-use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed};
+use super::{ApiTags, State, body::JsonBody, customer::Caller, error::operation_errors, replayed};
 use service::{
     holds::{HoldState, HoldView},
     to_datetime,
@@ -113,8 +113,9 @@ operation_errors!(
     /// Errors of `POST /api/holds`.
     CreateHoldError {
         BadRequest = 400, "The body is not JSON (`invalid_json`).";
+        Unauthorized = 401, "The customer token is malformed, badly signed, expired or cannot be verified (`invalid_token`), or the product is limited per customer and no token was sent (`customer_token_required`).";
         NotFound = 404, "No such product (`product_not_found`).";
-        Conflict = 409, "Not enough stock (`insufficient_stock`), or the Idempotency-Key was used with another body (`idempotency_key_reused`).";
+        Conflict = 409, "Not enough stock (`insufficient_stock`); the sale has not started (`sale_not_started`) or has ended (`sale_ended`); the customer would pass the product's limit (`customer_limit_reached`); or the Idempotency-Key was used with another body (`idempotency_key_reused`).";
         PayloadTooLarge = 413, "The body is over 64 KiB (`payload_too_large`).";
         Unprocessable = 422, "A field is missing, of the wrong type or out of range, e.g. qty (`validation_error`).";
     }
@@ -124,7 +125,8 @@ operation_errors!(
     /// Errors of `GET /api/holds/{id}`.
     GetHoldError {
         BadRequest = 400, "The id is not an integer (`invalid_parameter`).";
-        NotFound = 404, "No such hold (`hold_not_found`).";
+        Unauthorized = 401, "The customer token is malformed, badly signed, expired or cannot be verified (`invalid_token`).";
+        NotFound = 404, "No such hold, or another customer's (`hold_not_found`).";
     }
 );
 
@@ -136,11 +138,14 @@ impl HoldsApi {
     /// Reserve stock
     ///
     /// Reserves `qty` units until `expires_at`. A retry with the same `Idempotency-Key`
-    /// returns the same hold; the same key with a different body is 409.
+    /// returns the same hold; the same key with a different body is 409. Keys are scoped to
+    /// the customer (anonymous callers share one scope). With a customer token the hold
+    /// is the customer's alone; a product limited per customer requires one.
     #[oai(path = "/holds", method = "post", operation_id = "create_hold")]
     async fn create_hold(
         &self,
         state: Data<&State>,
+        caller: Caller,
         /// Makes retries safe: the same key and body return the same hold.
         #[oai(
             name = "Idempotency-Key",
@@ -152,7 +157,7 @@ impl HoldsApi {
         let req = body.parse()?;
         let new = state
             .svc
-            .parse_hold(req.product_id, req.qty, idempotency_key.0)?;
+            .parse_hold(req.product_id, req.qty, idempotency_key.0, caller.0)?;
         let (hold, replay) = state.svc.create_hold(new).await?;
         Ok(CreateHoldResponse::Created(
             Json(hold.into()),
@@ -163,14 +168,15 @@ impl HoldsApi {
     /// Get a hold
     ///
     /// `status` is current: a hold past `expires_at` without a payment shows `expired`.
+    /// A customer's hold is visible only with that customer's token.
     #[oai(path = "/holds/:id", method = "get", operation_id = "get_hold")]
     async fn get_hold(
         &self,
         state: Data<&State>,
+        caller: Caller,
         id: Path<i64>,
     ) -> Result<GetHoldResponse, GetHoldError> {
-        Ok(GetHoldResponse::Ok(Json(
-            state.svc.hold(id.0).await?.into(),
-        )))
+        let hold = state.svc.hold(id.0, caller.customer()).await?;
+        Ok(GetHoldResponse::Ok(Json(hold.into())))
     }
 }

@@ -4,6 +4,7 @@
 //! (`routes`) and the served OpenAPI document (`spec`).
 
 pub mod body;
+mod customer;
 pub mod error;
 mod holds;
 pub mod middleware;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use poem::web::Data;
 
-use super::{ApiTags, State, body::JsonBody, error::operation_errors, replayed};
+use super::{ApiTags, State, body::JsonBody, customer::Caller, error::operation_errors, replayed};
 use service::{
     orders::{OrderState, OrderView},
     to_datetime,
@@ -114,7 +114,8 @@ operation_errors!(
     /// Errors of `POST /api/orders`.
     CreateOrderError {
         BadRequest = 400, "The body is not JSON (`invalid_json`).";
-        NotFound = 404, "No such hold (`hold_not_found`).";
+        Unauthorized = 401, "The customer token is malformed, badly signed, expired or cannot be verified (`invalid_token`).";
+        NotFound = 404, "No such hold, or another customer's (`hold_not_found`).";
         Conflict = 409, "The hold expired and can never become an order (`hold_expired`).";
         PayloadTooLarge = 413, "The body is over 64 KiB (`payload_too_large`).";
         Unprocessable = 422, "A field is missing or of the wrong type (`validation_error`).";
@@ -125,7 +126,8 @@ operation_errors!(
     /// Errors of `GET /api/orders/{id}`.
     GetOrderError {
         BadRequest = 400, "The id is not an integer (`invalid_parameter`).";
-        NotFound = 404, "No such order (`order_not_found`).";
+        Unauthorized = 401, "The customer token is malformed, badly signed, expired or cannot be verified (`invalid_token`).";
+        NotFound = 404, "No such order, or another customer's (`order_not_found`).";
     }
 );
 
@@ -138,14 +140,19 @@ impl OrdersApi {
     ///
     /// One hold makes at most one order: a retry returns 200 with the same order. An expired
     /// hold never becomes an order (409 `hold_expired`), whether or not it was swept yet.
+    /// A customer's hold can be ordered only with that customer's token.
     #[oai(path = "/orders", method = "post", operation_id = "create_order")]
     async fn create_order(
         &self,
         state: Data<&State>,
+        caller: Caller,
         body: JsonBody<CreateOrder>,
     ) -> Result<CreateOrderResponse, CreateOrderError> {
         let req = body.parse()?;
-        let (order, replay) = state.svc.create_order(req.hold_id).await?;
+        let (order, replay) = state
+            .svc
+            .create_order(req.hold_id, caller.customer())
+            .await?;
         Ok(if replay {
             CreateOrderResponse::Existing(Json(order.into()), replayed(true))
         } else {
@@ -154,14 +161,16 @@ impl OrdersApi {
     }
 
     /// Get an order
+    ///
+    /// A customer's order is visible only with that customer's token.
     #[oai(path = "/orders/:id", method = "get", operation_id = "get_order")]
     async fn get_order(
         &self,
         state: Data<&State>,
+        caller: Caller,
         id: Path<i64>,
     ) -> Result<GetOrderResponse, GetOrderError> {
-        Ok(GetOrderResponse::Ok(Json(
-            state.svc.order(id.0).await?.into(),
-        )))
+        let order = state.svc.order(id.0, caller.customer()).await?;
+        Ok(GetOrderResponse::Ok(Json(order.into())))
     }
 }

@@ -1,7 +1,8 @@
 //! `GET /api/products/{id}` and `POST /api/admin/products`.
 
+use chrono::{DateTime, Utc};
 use poem_openapi::{
-    ApiResponse, Object, OpenApi, SecurityScheme, auth::Bearer, param::Path, payload::Json,
+    ApiResponse, Enum, Object, OpenApi, SecurityScheme, auth::Bearer, param::Path, payload::Json,
     types::Example,
 };
 use serde::Deserialize;
@@ -12,7 +13,31 @@ use super::{ApiTags, State, body::JsonBody, error::operation_errors};
 use service::{
     Error,
     products::{NewProduct, ProductView},
+    sales::{SaleSettings, SaleState as ServiceSaleState},
+    to_datetime,
 };
+
+/// Where a product's sale is, by the server's clock.
+#[derive(Debug, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum SaleState {
+    /// `sale_starts_at` is ahead: holds get 409 `sale_not_started`.
+    Upcoming,
+    /// Holds are granted.
+    Live,
+    /// `sale_ends_at` has passed: holds get 409 `sale_ended`.
+    Ended,
+}
+
+impl From<ServiceSaleState> for SaleState {
+    fn from(s: ServiceSaleState) -> Self {
+        match s {
+            ServiceSaleState::Upcoming => Self::Upcoming,
+            ServiceSaleState::Live => Self::Live,
+            ServiceSaleState::Ended => Self::Ended,
+        }
+    }
+}
 
 /// A product and the stock a new hold could take now.
 #[derive(Debug, Object)]
@@ -24,6 +49,16 @@ pub struct Product {
     pub price_cents: i64,
     pub total_stock: i64,
     pub available_stock: i64,
+    /// Before it, holds are refused; null: open from creation.
+    #[oai(nullable)]
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// From it on, holds are refused; null: no end.
+    #[oai(nullable)]
+    pub sale_ends_at: Option<DateTime<Utc>>,
+    /// Most units one customer may hold and have ordered at once; null: no limit.
+    #[oai(nullable)]
+    pub max_per_customer: Option<i64>,
+    pub sale_state: SaleState,
 }
 
 impl From<ProductView> for Product {
@@ -34,6 +69,10 @@ impl From<ProductView> for Product {
             price_cents: p.price_cents,
             total_stock: p.total_stock,
             available_stock: p.available_stock,
+            sale_starts_at: p.sale.starts_at_ms.map(to_datetime),
+            sale_ends_at: p.sale.ends_at_ms.map(to_datetime),
+            max_per_customer: p.sale.max_per_customer,
+            sale_state: p.sale_state.into(),
         }
     }
 }
@@ -55,6 +94,16 @@ pub struct CreateProduct {
     /// 0 to 1,000,000,000.
     #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub total_stock: i64,
+    /// RFC 3339. Before it, holds get 409 `sale_not_started`. May be in the past.
+    #[oai(nullable)]
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// RFC 3339, after `sale_starts_at`. From it on, holds get 409 `sale_ended`.
+    #[oai(nullable)]
+    pub sale_ends_at: Option<DateTime<Utc>>,
+    /// 1 to 1,000,000. Holds then need a customer token, and one customer's units never
+    /// pass it. Needs a customer key configured on the server (else 422).
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000000")))]
+    pub max_per_customer: Option<i64>,
 }
 
 impl Example for Product {
@@ -65,6 +114,10 @@ impl Example for Product {
             price_cents: 12_999,
             total_stock: 100,
             available_stock: 42,
+            sale_starts_at: Some(to_datetime(1_800_000_000_000)),
+            sale_ends_at: None,
+            max_per_customer: Some(2),
+            sale_state: SaleState::Live,
         }
     }
 }
@@ -75,6 +128,9 @@ impl Example for CreateProduct {
             name: "Limited sneaker drop".into(),
             price_cents: 12_999,
             total_stock: 100,
+            sale_starts_at: Some(to_datetime(1_800_000_000_000)),
+            sale_ends_at: None,
+            max_per_customer: Some(2),
         }
     }
 }
@@ -154,7 +210,13 @@ impl ProductsApi {
             return Err(Error::Unauthorized.into());
         }
         let req = body.parse()?;
-        let new = NewProduct::parse(&req.name, req.price_cents, req.total_stock)?;
+        let sale = SaleSettings::parse(
+            req.sale_starts_at.map(|t| t.timestamp_millis()),
+            req.sale_ends_at.map(|t| t.timestamp_millis()),
+            req.max_per_customer,
+            state.customer_tokens.is_some(),
+        )?;
+        let new = NewProduct::parse(&req.name, req.price_cents, req.total_stock, sale)?;
         let created = state.svc.create_product(new).await?;
         Ok(CreateProductResponse::Created(Json(created.into())))
     }

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use service::Service;
+
+use crate::customers::CustomerTokens;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -14,6 +16,8 @@ pub struct AppState {
     admin_token_hash: Option<[u8; 32]>,
     /// Secrets a webhook signature may be made with, in the order configured.
     pub webhook_secrets: Vec<String>,
+    /// Verifies customer tokens; `None`: no customer key configured.
+    pub customer_tokens: Option<CustomerTokens>,
 }
 
 /// The state handlers receive as `Data<&State>`.
@@ -21,13 +25,19 @@ pub type State = Arc<AppState>;
 
 impl AppState {
     /// The state of a server over `svc`; an empty `admin_token` disables the admin API.
-    pub fn new(svc: Service, admin_token: Option<&str>, webhook_secrets: Vec<String>) -> Self {
+    pub fn new(
+        svc: Service,
+        admin_token: Option<&str>,
+        webhook_secrets: Vec<String>,
+        customer_tokens: Option<CustomerTokens>,
+    ) -> Self {
         Self {
             svc,
             admin_token_hash: admin_token
                 .filter(|t| !t.is_empty())
                 .map(|t| Sha256::digest(t).into()),
             webhook_secrets,
+            customer_tokens,
         }
     }
 

@@ -24,7 +24,11 @@ async fn product_is_served_with_its_stock_and_unknown_ids_are_404(backend: Backe
     assert_eq!(r.status, 200);
     assert_eq!(
         r.body,
-        json!({"id": id, "name": "Test sneaker", "price_cents": 1999, "total_stock": 7, "available_stock": 7})
+        json!({
+            "id": id, "name": "Test sneaker", "price_cents": 1999, "total_stock": 7,
+            "available_stock": 7, "sale_starts_at": null, "sale_ends_at": null,
+            "max_per_customer": null, "sale_state": "live"
+        })
     );
     app.get("/api/products/999999")
         .await

@@ -39,6 +39,7 @@ on_both_backends!(
     products_show_their_sale_settings_and_state,
     product_creation_refuses_bad_sale_settings_with_422,
     max_per_customer_needs_a_customer_key_configured,
+    the_sdk_sends_a_customer_token,
 );
 
 /// Now in Unix milliseconds, the clock the server decides a sale's instants on.
@@ -1031,7 +1032,9 @@ async fn two_api_processes_on_one_postgres_never_pass_a_customers_limit() {
     assert_eq!(
         query_i64(
             &db.url,
-            &format!("SELECT COALESCE(SUM(qty), 0) FROM holds WHERE product_id = {product}")
+            &format!(
+                "SELECT CAST(COALESCE(SUM(qty), 0) AS BIGINT) FROM holds WHERE product_id = {product}"
+            )
         )
         .await,
         3
@@ -1412,4 +1415,49 @@ async fn max_per_customer_needs_a_customer_key_configured(backend: Backend) {
     let r = app.get(&format!("/api/products/{id}")).await;
     assert!(r.body["max_per_customer"].is_null(), "{}", r.body);
     assert_eq!(r.body["sale_state"], "live", "{}", r.body);
+}
+
+async fn the_sdk_sends_a_customer_token(backend: Backend) {
+    // Goal: the generated Rust SDK can act for a customer, and shows the sale settings.
+    // Method: a product limited to 1 per customer; a hold through the SDK with a token,
+    // read back through it, the limit reached through it, and the product as it shows.
+    let (_db, app) = setup!(backend, &CUSTOMER_ENV);
+    let product = app
+        .create_sale_product(json!({"total_stock": 5, "max_per_customer": 1}))
+        .await;
+    let sdk = app.sdk_as(&customer_token("sdk-shopper"));
+    let ask = client::types::CreateHold {
+        product_id: product,
+        qty: std::num::NonZeroU64::MIN,
+    };
+    let hold = sdk
+        .create_hold()
+        .body(ask.clone())
+        .send()
+        .await
+        .expect("201")
+        .into_inner();
+    let read = sdk
+        .get_hold()
+        .id(hold.hold_id)
+        .send()
+        .await
+        .expect("200")
+        .into_inner();
+    assert_eq!(read.hold_id, hold.hold_id);
+    match sdk.create_hold().body(ask).send().await {
+        Err(client::Error::ErrorResponse(e)) => {
+            assert_eq!(
+                (e.status().as_u16(), e.code.as_str()),
+                (409, "customer_limit_reached")
+            );
+        }
+        other => panic!("expected 409 customer_limit_reached, got {other:?}"),
+    }
+    let shown = app.get_product_ok(product).await;
+    assert_eq!(shown.max_per_customer, Some(1));
+    assert_eq!(shown.sale_state, client::types::SaleState::Live);
+    app.get(&format!("/api/holds/{}", hold.hold_id))
+        .await
+        .assert_error(404, "hold_not_found");
 }

@@ -1,0 +1,352 @@
+//! Sales: who the customer is, when a product's sale is open, and how many units one
+//! customer may have.
+//!
+//! The window is decided from this process's memory of each product's settings
+//! ([`SaleMemory`]), without touching the database, so that the crowd refreshing before the
+//! start costs about what `/health` costs. The limit per customer is decided in the
+//! reservation's own transaction, under the product's row lock ([`super::holds`]), from one
+//! count of the customers' current units ([`customer_units`]).
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use entity::{hold::HoldStatus, order::OrderStatus, product};
+use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement};
+
+use super::{Service, to_datetime};
+use crate::{Error, Result};
+
+/// Longest customer id (a token's `sub`), in characters.
+pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
+/// Largest `max_per_customer` accepted.
+pub const MAX_PER_CUSTOMER: i64 = 1_000_000;
+/// How long this process believes its memory of a product's settings: changes made by
+/// other processes show within this time plus one load.
+pub const SETTINGS_TTL: Duration = Duration::from_millis(500);
+/// Bound on the number of products whose settings are remembered.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// A customer: the `sub` of a verified token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CustomerId(String);
+
+impl CustomerId {
+    /// `sub` as a customer id: 1 to [`MAX_CUSTOMER_ID_CHARS`] characters, none of them
+    /// whitespace or control characters; `None` otherwise.
+    pub fn parse(sub: &str) -> Option<Self> {
+        let n = sub.chars().count();
+        let visible = sub.chars().all(|c| !c.is_whitespace() && !c.is_control());
+        ((1..=MAX_CUSTOMER_ID_CHARS).contains(&n) && visible).then(|| Self(sub.to_owned()))
+    }
+
+    /// The id as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether `owner` (a hold's or order's customer) lets `caller` see it: anonymous ones are
+/// anyone's, a customer's only their own.
+pub fn may_see(owner: Option<&str>, caller: Option<&CustomerId>) -> bool {
+    owner.is_none_or(|owner| caller.is_some_and(|c| c.as_str() == owner))
+}
+
+/// Where a product's sale is, by the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaleState {
+    /// Its start is ahead.
+    Upcoming,
+    /// Holds are granted.
+    Live,
+    /// Its end has passed.
+    Ended,
+}
+
+/// A product's sale settings; each optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaleSettings {
+    /// Before it, no hold is granted (Unix milliseconds).
+    pub starts_at_ms: Option<i64>,
+    /// From it on, no hold is granted (Unix milliseconds).
+    pub ends_at_ms: Option<i64>,
+    /// Most units one customer may hold and have ordered at once.
+    pub max_per_customer: Option<i64>,
+}
+
+impl SaleSettings {
+    /// The settings stored on `p`.
+    pub fn of(p: &product::Model) -> Self {
+        Self {
+            starts_at_ms: p.sale_starts_at_ms,
+            ends_at_ms: p.sale_ends_at_ms,
+            max_per_customer: p.max_per_customer,
+        }
+    }
+
+    /// Checks settings given by the operator. A limit needs customers to count, so it
+    /// needs a customer key configured (`customers_known`).
+    pub fn parse(
+        starts_at_ms: Option<i64>,
+        ends_at_ms: Option<i64>,
+        max_per_customer: Option<i64>,
+        customers_known: bool,
+    ) -> Result<Self> {
+        if let (Some(start), Some(end)) = (starts_at_ms, ends_at_ms)
+            && end <= start
+        {
+            return Err(Error::validation(
+                "sale_ends_at",
+                "must be after sale_starts_at",
+            ));
+        }
+        if let Some(max) = max_per_customer {
+            if !(1..=MAX_PER_CUSTOMER).contains(&max) {
+                return Err(Error::validation(
+                    "max_per_customer",
+                    format!("must be between 1 and {MAX_PER_CUSTOMER}"),
+                ));
+            }
+            if !customers_known {
+                return Err(Error::validation(
+                    "max_per_customer",
+                    "needs customer tokens: configure CUSTOMER_JWT_SECRET or \
+                     CUSTOMER_JWT_PUBLIC_KEY_FILE first",
+                ));
+            }
+        }
+        Ok(Self {
+            starts_at_ms,
+            ends_at_ms,
+            max_per_customer,
+        })
+    }
+
+    /// The sale's state at `now_ms`.
+    pub fn state(&self, now_ms: i64) -> SaleState {
+        if self.starts_at_ms.is_some_and(|start| now_ms < start) {
+            SaleState::Upcoming
+        } else if self.ends_at_ms.is_some_and(|end| now_ms >= end) {
+            SaleState::Ended
+        } else {
+            SaleState::Live
+        }
+    }
+
+    /// Refuses a hold of product `product_id` at `now_ms` that the settings forbid: before
+    /// the start, from the end on, or without a customer when the product has a limit.
+    pub fn admit(&self, product_id: i64, now_ms: i64, customer: Option<&CustomerId>) -> Result<()> {
+        let rfc3339 = |ms: Option<i64>| to_datetime(ms.unwrap_or_default()).to_rfc3339();
+        match self.state(now_ms) {
+            SaleState::Upcoming => Err(Error::SaleNotStarted {
+                product_id,
+                starts_at: rfc3339(self.starts_at_ms),
+            }),
+            SaleState::Ended => Err(Error::SaleEnded {
+                product_id,
+                ended_at: rfc3339(self.ends_at_ms),
+            }),
+            SaleState::Live if self.max_per_customer.is_some() && customer.is_none() => {
+                Err(Error::CustomerTokenRequired(product_id))
+            }
+            SaleState::Live => Ok(()),
+        }
+    }
+}
+
+/// One remembered product: its settings (`None`: no such product) and when they were read.
+struct Slot {
+    value: Option<(Option<SaleSettings>, Instant)>,
+    /// When this process last changed the product's settings.
+    forgotten_at: Option<Instant>,
+}
+
+/// This process's memory of every product's sale settings, each believed for
+/// [`SETTINGS_TTL`] and forgotten at once when this process changes them.
+#[derive(Default)]
+pub struct SaleMemory {
+    slots: Mutex<HashMap<i64, Slot>>,
+}
+
+impl SaleMemory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Slot>> {
+        // Every critical section leaves the map whole: a panic elsewhere cannot corrupt it.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The settings of `id` if read less than [`SETTINGS_TTL`] ago.
+    fn get(&self, id: i64) -> Option<Option<SaleSettings>> {
+        let slots = self.lock();
+        let (value, at) = slots.get(&id)?.value?;
+        (at.elapsed() < SETTINGS_TTL).then_some(value)
+    }
+
+    /// Stores settings read from a load that began at `started`, unless this process
+    /// changed them since (the load may have read the older ones).
+    fn put(&self, id: i64, value: Option<SaleSettings>, started: Instant) {
+        let mut slots = self.lock();
+        if slots.len() >= MAX_REMEMBERED && !slots.contains_key(&id) {
+            // Dropping an entry also drops when it was forgotten; only stale ones go, and
+            // a load older than SETTINGS_TTL could not be newer than such a change anyway.
+            slots.retain(|_, s| s.value.is_some_and(|(_, at)| at.elapsed() < SETTINGS_TTL));
+            if slots.len() >= MAX_REMEMBERED || started.elapsed() >= SETTINGS_TTL {
+                return;
+            }
+        }
+        let slot = slots.entry(id).or_insert(Slot {
+            value: None,
+            forgotten_at: None,
+        });
+        if slot.forgotten_at.is_some_and(|at| at >= started) {
+            return;
+        }
+        slot.value = Some((value, started));
+    }
+
+    /// Forgets product `id`'s settings: this process has just changed them. The mark is
+    /// kept (making room among stale entries if need be), so that a load that read the
+    /// older settings cannot store them afterwards.
+    pub fn forget(&self, id: i64) {
+        let mut slots = self.lock();
+        if slots.len() >= MAX_REMEMBERED && !slots.contains_key(&id) {
+            slots.retain(|_, s| s.value.is_some_and(|(_, at)| at.elapsed() < SETTINGS_TTL));
+        }
+        slots.insert(
+            id,
+            Slot {
+                value: None,
+                forgotten_at: Some(Instant::now()),
+            },
+        );
+    }
+}
+
+impl Service {
+    /// Product `product_id`'s sale settings as this process knows them (`None`: no such
+    /// product): from memory when read less than [`SETTINGS_TTL`] ago, else from the
+    /// database.
+    pub async fn sale_settings(&self, product_id: i64) -> Result<Option<SaleSettings>> {
+        if let Some(known) = self.sales.get(product_id) {
+            return Ok(known);
+        }
+        let started = Instant::now();
+        let found = product::Entity::find_by_id(product_id)
+            .one(&self.db.conn)
+            .await?
+            .map(|p| SaleSettings::of(&p));
+        self.sales.put(product_id, found, started);
+        Ok(found)
+    }
+}
+
+/// Units each of `customers` has of product `product_id` at `now_ms`: their holds that
+/// still reserve (active, and not past their expiry unless paid) plus their pending and
+/// paid orders. Customers with none are absent. The one definition of a customer's units,
+/// for the limit and for the audit.
+pub async fn customer_units(
+    conn: &impl ConnectionTrait,
+    product_id: i64,
+    customers: &[&str],
+    now_ms: i64,
+) -> Result<HashMap<String, i64>> {
+    #[derive(FromQueryResult)]
+    struct Units {
+        customer_id: String,
+        units: i64,
+    }
+    let backend = conn.get_database_backend();
+    let customers = serde_json::to_string(customers).expect("strings serialise");
+    // The customers travel as one JSON array, so the statement's text is the same for
+    // every group and each connection prepares it once.
+    let among = match backend {
+        DbBackend::Postgres => "SELECT json_array_elements_text($2::json)",
+        _ => "SELECT value FROM json_each($2)",
+    };
+    let sql = format!(
+        "SELECT customer_id, CAST(SUM(qty) AS BIGINT) AS units FROM ( \
+           SELECT customer_id, qty FROM holds \
+            WHERE product_id = $1 AND customer_id IN ({among}) AND status = $3 \
+              AND (expires_at_ms > $4 OR paid_at_ms IS NOT NULL) \
+           UNION ALL \
+           SELECT customer_id, qty FROM orders \
+            WHERE product_id = $1 AND customer_id IN ({among}) AND status IN ($5, $6) \
+         ) AS u GROUP BY customer_id"
+    );
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            product_id.into(),
+            customers.into(),
+            HoldStatus::Active.to_value().into(),
+            now_ms.into(),
+            OrderStatus::Pending.to_value().into(),
+            OrderStatus::Paid.to_value().into(),
+        ],
+    );
+    let rows = Units::find_by_statement(stmt).all(conn).await?;
+    Ok(rows.into_iter().map(|u| (u.customer_id, u.units)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_customer_id_is_one_to_128_visible_characters() {
+        assert!(CustomerId::parse("user-42").is_some());
+        assert!(CustomerId::parse("ünïcode@example.com").is_some());
+        assert!(CustomerId::parse(&"x".repeat(128)).is_some());
+        assert!(CustomerId::parse(&"x".repeat(129)).is_none());
+        assert!(CustomerId::parse("").is_none());
+        assert!(CustomerId::parse("two words").is_none());
+        assert!(CustomerId::parse("tab\there").is_none());
+    }
+
+    #[test]
+    fn the_state_turns_at_the_start_and_at_the_end() {
+        let s = SaleSettings {
+            starts_at_ms: Some(1_000),
+            ends_at_ms: Some(2_000),
+            max_per_customer: None,
+        };
+        assert_eq!(s.state(999), SaleState::Upcoming);
+        assert_eq!(s.state(1_000), SaleState::Live);
+        assert_eq!(s.state(1_999), SaleState::Live);
+        assert_eq!(s.state(2_000), SaleState::Ended);
+        assert_eq!(SaleSettings::default().state(0), SaleState::Live);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(SaleSettings::parse(Some(2), Some(2), None, true).is_err());
+        assert!(SaleSettings::parse(Some(1), Some(2), None, false).is_ok());
+        assert!(SaleSettings::parse(None, None, Some(0), true).is_err());
+        assert!(SaleSettings::parse(None, None, Some(2), false).is_err());
+        assert!(SaleSettings::parse(None, None, Some(2), true).is_ok());
+    }
+
+    #[test]
+    fn only_the_owner_sees_a_customers_hold() {
+        let alice = CustomerId::parse("alice");
+        let bob = CustomerId::parse("bob");
+        assert!(may_see(None, None));
+        assert!(may_see(None, bob.as_ref()));
+        assert!(may_see(Some("alice"), alice.as_ref()));
+        assert!(!may_see(Some("alice"), bob.as_ref()));
+        assert!(!may_see(Some("alice"), None));
+    }
+
+    #[test]
+    fn a_load_older_than_a_change_here_is_not_remembered() {
+        let memory = SaleMemory::default();
+        let started = Instant::now();
+        memory.forget(1);
+        memory.put(1, None, started);
+        assert_eq!(memory.get(1), None, "the older load is dropped");
+        memory.put(1, Some(SaleSettings::default()), Instant::now());
+        assert_eq!(memory.get(1), Some(Some(SaleSettings::default())));
+    }
+}
