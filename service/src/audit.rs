@@ -4,8 +4,14 @@
 //! `total_stock = available + Σ qty(holds with status active) + Σ qty(orders pending or paid)`,
 //! every term >= 0. An `active` hold past its expiry still counts as held here until it is
 //! reclaimed; the API counts it as available already, which is the same stock seen earlier.
+//!
+//! And for every customer of a product: their units (as [`crate::sales::customer_units`]
+//! counts them) within the limit their latest hold of it was granted under. Units only
+//! grow by grants, each of which kept the customer within the limit then in force, so a
+//! limit the operator lowered afterwards does not make a breach.
 
-use sea_orm::{ConnectionTrait, FromQueryResult, Statement};
+use entity::{hold::HoldStatus, order::OrderStatus};
+use sea_orm::{ActiveEnum, ConnectionTrait, FromQueryResult, Statement};
 
 use crate::Result;
 
@@ -47,4 +53,67 @@ pub async fn audit(conn: &impl ConnectionTrait) -> Result<Vec<AuditRow>> {
                FROM products p ORDER BY p.id";
     let stmt = Statement::from_string(conn.get_database_backend(), sql);
     Ok(AuditRow::find_by_statement(stmt).all(conn).await?)
+}
+
+/// A customer holding more units of a product than they were granted under.
+#[derive(Clone, Debug, PartialEq, Eq, FromQueryResult)]
+pub struct LimitBreach {
+    /// The product.
+    pub product_id: i64,
+    /// The customer.
+    pub customer_id: String,
+    /// Their units now: holds that still reserve, and pending and paid orders.
+    pub units: i64,
+    /// The limit their latest hold of the product was granted under.
+    pub limit: i64,
+}
+
+/// Every customer whose units of a product exceed the limit their latest hold of it was
+/// granted under, at `now_ms`, in one statement.
+pub async fn limit_breaches(conn: &impl ConnectionTrait, now_ms: i64) -> Result<Vec<LimitBreach>> {
+    #[derive(FromQueryResult)]
+    struct Units {
+        product_id: i64,
+        customer_id: String,
+        units: i64,
+        granted_under: Option<i64>,
+    }
+    let sql = "SELECT u.product_id AS product_id, u.customer_id AS customer_id, \
+                 CAST(SUM(u.qty) AS BIGINT) AS units, \
+                 (SELECT h.customer_limit FROM holds h \
+                   WHERE h.product_id = u.product_id AND h.customer_id = u.customer_id \
+                   ORDER BY h.id DESC LIMIT 1) AS granted_under \
+               FROM ( \
+                 SELECT product_id, customer_id, qty FROM holds \
+                  WHERE customer_id IS NOT NULL AND status = $1 \
+                    AND (expires_at_ms > $2 OR paid_at_ms IS NOT NULL) \
+                 UNION ALL \
+                 SELECT product_id, customer_id, qty FROM orders \
+                  WHERE customer_id IS NOT NULL AND status IN ($3, $4) \
+               ) AS u \
+               GROUP BY u.product_id, u.customer_id \
+               ORDER BY u.product_id, u.customer_id";
+    let stmt = Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        sql,
+        [
+            HoldStatus::Active.to_value().into(),
+            now_ms.into(),
+            OrderStatus::Pending.to_value().into(),
+            OrderStatus::Paid.to_value().into(),
+        ],
+    );
+    let rows = Units::find_by_statement(stmt).all(conn).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|u| {
+            let limit = u.granted_under?;
+            (u.units > limit).then_some(LimitBreach {
+                product_id: u.product_id,
+                customer_id: u.customer_id,
+                units: u.units,
+                limit,
+            })
+        })
+        .collect())
 }

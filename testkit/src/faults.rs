@@ -60,6 +60,15 @@ pub async fn stored_status(db_url: &str, table: &str, id: i64) -> String {
     row.try_get("", "status").expect("status column")
 }
 
+/// Runs `sql`, a statement that changes data behind the service's back (a forged state
+/// for a check to find), on the database at `db_url`.
+pub async fn execute(db_url: &str, sql: &str) {
+    let conn = sea_orm::Database::connect(db_url).await.expect("connect");
+    let stmt = Statement::from_string(conn.get_database_backend(), sql.to_owned());
+    conn.execute_raw(stmt).await.expect("statement");
+    conn.close().await.ok();
+}
+
 /// The first row `sql` yields on the database at `db_url`; `expected` says why there is one.
 async fn one_row(db_url: &str, sql: String, expected: &str) -> sea_orm::QueryResult {
     let conn = sea_orm::Database::connect(db_url).await.expect("connect");

@@ -22,7 +22,7 @@ pub use app::{ADMIN_TOKEN, TestApp};
 pub use bins::bin;
 pub use customers::{bearer, rfc3339, rfc3339_millis};
 pub use db::{Backend, DEFAULT_PG_URL, TestDb};
-pub use faults::{StuckWriter, query_i64, stored_status};
+pub use faults::{StuckWriter, execute, query_i64, stored_status};
 pub use processes::{TestWorker, assert_audit, audit, sweep};
 pub use proxy::TcpProxy;
 pub use reply::Reply;

@@ -38,7 +38,8 @@ pub async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
     Ok(exit_code(total.errors == 0))
 }
 
-/// Prints every product's stock figures; fails when the invariant is broken for any.
+/// Prints every product's stock figures and every customer over their limit; fails when
+/// the invariant is broken for any product, or a customer is over their limit.
 pub async fn audit(db: &Db) -> anyhow::Result<ExitCode> {
     let rows = audit::audit(&db.conn).await?;
     println!(
@@ -61,7 +62,15 @@ pub async fn audit(db: &Db) -> anyhow::Result<ExitCode> {
         );
     }
     println!("audit: {} product(s), {broken} broken", rows.len());
-    Ok(exit_code(broken == 0))
+    let breaches = audit::limit_breaches(&db.conn, service::now_ms()).await?;
+    for b in &breaches {
+        println!(
+            "limit breach: product {} customer {:?} has {} unit(s), granted under a limit of {}",
+            b.product_id, b.customer_id, b.units, b.limit
+        );
+    }
+    println!("audit: {} customer(s) over their limit", breaches.len());
+    Ok(exit_code(broken == 0 && breaches.is_empty()))
 }
 
 fn exit_code(success: bool) -> ExitCode {

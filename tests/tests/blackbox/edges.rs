@@ -147,7 +147,7 @@ async fn served_spec_states_the_configured_qty_maximum(backend: Backend) {
 }
 
 #[test]
-fn help_does_not_show_the_database_password() {
+fn help_does_not_show_the_database_password_or_any_secret() {
     let out = Command::new(bin("flashsale-api"))
         .env_clear()
         .env(
@@ -156,12 +156,17 @@ fn help_does_not_show_the_database_password() {
         )
         .env("WEBHOOK_SECRET", "whsec-7f3a")
         .env("ADMIN_TOKEN", "admin-7f3a")
+        .env(
+            "CUSTOMER_JWT_SECRET",
+            "customer-secret-7f3a-0123456789abcdef",
+        )
         .arg("--help")
         .output()
         .expect("run flashsale-api --help");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("DATABASE_URL"), "{text}");
+    assert!(text.contains("CUSTOMER_JWT_SECRET"), "{text}");
     assert!(!text.contains("7f3a"), "{text}");
 }
 

@@ -11,5 +11,6 @@ mod lifecycle;
 mod sales;
 mod spec;
 mod trust;
+mod upgrade;
 mod webhook;
 mod worker;

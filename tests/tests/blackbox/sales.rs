@@ -12,9 +12,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use testkit::{
     Backend, CUSTOMER_ENV, CUSTOMER_SECRET, EC_PUBLIC_KEY_FILE, EC_PUBLIC_PEM, RSA_PUBLIC_KEY_FILE,
-    RSA_PUBLIC_PEM, Reply, TestApp, TestDb, TokenKey, assert_audit, bearer, customer_claims,
-    customer_token, on_both_backends, query_i64, rfc3339, rfc3339_millis, setup, token, unix_now,
-    unsigned_token,
+    RSA_PUBLIC_PEM, Reply, TestApp, TestDb, TokenKey, assert_audit, audit, bearer, customer_claims,
+    customer_token, execute, on_both_backends, query_i64, rfc3339, rfc3339_millis, setup, token,
+    unix_now, unsigned_token,
 };
 
 on_both_backends!(
@@ -40,6 +40,7 @@ on_both_backends!(
     product_creation_refuses_bad_sale_settings_with_422,
     max_per_customer_needs_a_customer_key_configured,
     the_sdk_sends_a_customer_token,
+    the_audit_reports_a_customer_over_the_limit_they_were_granted_under,
 );
 
 /// Now in Unix milliseconds, the clock the server decides a sale's instants on.
@@ -1460,4 +1461,58 @@ async fn the_sdk_sends_a_customer_token(backend: Backend) {
     app.get(&format!("/api/holds/{}", hold.hold_id))
         .await
         .assert_error(404, "hold_not_found");
+}
+
+async fn the_audit_reports_a_customer_over_the_limit_they_were_granted_under(backend: Backend) {
+    // Goal: the audit finds a customer over their limit, and does not count a limit the
+    // operator lowered afterwards as a breach.
+    // Method: alice holds 2 of a product limited to 2 (audit passes); a third unit forged
+    // into the database behind the service (stock kept consistent) fails the audit, naming
+    // her. On a second product limited to 5, bob holds 4; the limit lowered to 2 in the
+    // database afterwards is no breach.
+    let (db, app) = setup!(backend, &CUSTOMER_ENV);
+    let product = app
+        .create_sale_product(json!({"total_stock": 10, "max_per_customer": 2}))
+        .await;
+    let alice = customer_token("alice");
+    assert_eq!(
+        app.hold_as(Some(&alice), product, 2, None).await.status,
+        201
+    );
+    assert_audit(&db.url);
+    let lowered = app
+        .create_sale_product(json!({"total_stock": 10, "max_per_customer": 5}))
+        .await;
+    let bob = customer_token("bob");
+    assert_eq!(app.hold_as(Some(&bob), lowered, 4, None).await.status, 201);
+    execute(
+        &db.url,
+        &format!("UPDATE products SET max_per_customer = 2 WHERE id = {lowered}"),
+    )
+    .await;
+    assert_audit(&db.url);
+    let far = now_millis() + 3_600_000;
+    execute(
+        &db.url,
+        &format!(
+            "INSERT INTO holds (product_id, qty, status, expires_at_ms, created_at_ms, \
+               customer_id, customer_limit) \
+             VALUES ({product}, 1, 'active', {far}, {far}, 'alice', 2)"
+        ),
+    )
+    .await;
+    execute(
+        &db.url,
+        &format!("UPDATE products SET available = available - 1 WHERE id = {product}"),
+    )
+    .await;
+    let (ok, text) = audit(&db.url);
+    assert!(!ok, "the audit must fail:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "product {product} customer \"alice\" has 3 unit(s)"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("1 customer(s) over their limit"), "{text}");
 }
