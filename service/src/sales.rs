@@ -26,6 +26,9 @@ pub const MAX_PER_CUSTOMER: i64 = 1_000_000;
 /// How long this process believes its memory of a product's settings: changes made by
 /// other processes show within this time plus one load.
 pub const SETTINGS_TTL: Duration = Duration::from_millis(500);
+/// While one request reloads a product's settings, the others go on using the previous
+/// ones, up to this long after they were read, instead of each querying the database.
+pub const STALE_FOR: Duration = Duration::from_millis(900);
 /// Bound on the number of products whose settings are remembered.
 const MAX_REMEMBERED: usize = 100_000;
 
@@ -161,10 +164,15 @@ struct Slot {
     value: Option<(Option<SaleSettings>, Instant)>,
     /// When this process last changed the product's settings.
     forgotten_at: Option<Instant>,
+    /// A request is reloading them.
+    refreshing: bool,
 }
 
 /// This process's memory of every product's sale settings, each believed for
-/// [`SETTINGS_TTL`] and forgotten at once when this process changes them.
+/// [`SETTINGS_TTL`] and forgotten at once when this process changes them. When they are
+/// due, one request reloads them while the others use the previous ones (for at most
+/// [`STALE_FOR`] since they were read), so the crowd before a sale's start costs the
+/// database one read per product every half second, not one per request.
 #[derive(Default)]
 pub struct SaleMemory {
     slots: Mutex<HashMap<i64, Slot>>,
@@ -176,11 +184,27 @@ impl SaleMemory {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The settings of `id` if read less than [`SETTINGS_TTL`] ago.
+    /// The settings of `id` if read less than [`SETTINGS_TTL`] ago, or less than
+    /// [`STALE_FOR`] ago while another request reloads them. `None`: the caller loads them,
+    /// and until it is done (see [`Reloading`]) the others use the previous ones.
     fn get(&self, id: i64) -> Option<Option<SaleSettings>> {
-        let slots = self.lock();
-        let (value, at) = slots.get(&id)?.value?;
-        (at.elapsed() < SETTINGS_TTL).then_some(value)
+        let mut slots = self.lock();
+        let slot = slots.get_mut(&id)?;
+        if let Some((value, at)) = slot.value {
+            let age = at.elapsed();
+            if age < SETTINGS_TTL || (slot.refreshing && age < STALE_FOR) {
+                return Some(value);
+            }
+        }
+        slot.refreshing = true;
+        None
+    }
+
+    /// Marks the end of a reload of `id`, successful or not.
+    fn reloaded(&self, id: i64) {
+        if let Some(slot) = self.lock().get_mut(&id) {
+            slot.refreshing = false;
+        }
     }
 
     /// Stores settings read from a load that began at `started`, unless this process
@@ -198,6 +222,7 @@ impl SaleMemory {
         let slot = slots.entry(id).or_insert(Slot {
             value: None,
             forgotten_at: None,
+            refreshing: false,
         });
         if slot.forgotten_at.is_some_and(|at| at >= started) {
             return;
@@ -218,19 +243,36 @@ impl SaleMemory {
             Slot {
                 value: None,
                 forgotten_at: Some(Instant::now()),
+                refreshing: false,
             },
         );
     }
 }
 
+/// A reload of one product's settings under way; its end, however it ends (stored, failed,
+/// or the request dropped), lets the next request reload them.
+struct Reloading<'a> {
+    memory: &'a SaleMemory,
+    id: i64,
+}
+
+impl Drop for Reloading<'_> {
+    fn drop(&mut self) {
+        self.memory.reloaded(self.id);
+    }
+}
+
 impl Service {
     /// Product `product_id`'s sale settings as this process knows them (`None`: no such
-    /// product): from memory when read less than [`SETTINGS_TTL`] ago, else from the
-    /// database.
+    /// product): from memory when fresh (see [`SaleMemory`]), else from the database.
     pub async fn sale_settings(&self, product_id: i64) -> Result<Option<SaleSettings>> {
         if let Some(known) = self.sales.get(product_id) {
             return Ok(known);
         }
+        let _reloading = Reloading {
+            memory: &self.sales,
+            id: product_id,
+        };
         let started = Instant::now();
         let found = product::Entity::find_by_id(product_id)
             .one(&self.db.conn)
@@ -337,6 +379,24 @@ mod tests {
         assert!(may_see(Some("alice"), alice.as_ref()));
         assert!(!may_see(Some("alice"), bob.as_ref()));
         assert!(!may_see(Some("alice"), None));
+    }
+
+    #[test]
+    fn one_request_reloads_due_settings_while_the_others_use_the_previous_ones() {
+        let memory = SaleMemory::default();
+        let read = Instant::now() - SETTINGS_TTL;
+        memory.put(1, Some(SaleSettings::default()), read);
+        assert_eq!(memory.get(1), None, "the first to find them due reloads them");
+        assert_eq!(
+            memory.get(1),
+            Some(Some(SaleSettings::default())),
+            "the others use the previous ones meanwhile"
+        );
+        memory.reloaded(1);
+        assert_eq!(memory.get(1), None, "a failed reload lets the next one try");
+        memory.put(2, None, Instant::now() - STALE_FOR);
+        assert_eq!(memory.get(2), None);
+        assert_eq!(memory.get(2), None, "too old to use even while reloading");
     }
 
     #[test]
