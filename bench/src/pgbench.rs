@@ -19,7 +19,8 @@ pub struct PgRun {
     pub latency_avg_ms: f64,
 }
 
-/// Baselines of bare PostgreSQL on one hot row, by client count.
+/// Baselines of bare PostgreSQL on one hot row, by client count: every count unless the
+/// run was narrowed with `--only`.
 pub struct PgBaselines {
     /// The conditional `UPDATE` of the hot row.
     pub update: BTreeMap<usize, PgRun>,
@@ -27,8 +28,31 @@ pub struct PgBaselines {
     pub naive_hold: BTreeMap<usize, PgRun>,
 }
 
-/// Runs both pgbench scripts at every client count, `seconds` each, on a fresh database.
-pub async fn baselines(seconds: u64) -> anyhow::Result<PgBaselines> {
+/// The two pgbench scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Script {
+    /// The conditional `UPDATE` of the hot row.
+    Update,
+    /// The naive hold transaction on the hot row.
+    NaiveHold,
+}
+
+/// Runs each pgbench script at each client count that `needed` asks for, `seconds` each,
+/// on a fresh database; touches no database when it asks for none.
+pub async fn baselines(
+    seconds: u64,
+    needed: impl Fn(Script, usize) -> bool,
+) -> anyhow::Result<PgBaselines> {
+    let mut b = PgBaselines {
+        update: BTreeMap::new(),
+        naive_hold: BTreeMap::new(),
+    };
+    let any = CLIENT_COUNTS
+        .iter()
+        .any(|&c| needed(Script::Update, c) || needed(Script::NaiveHold, c));
+    if !any {
+        return Ok(b);
+    }
     let db = TestDb::new(Backend::Postgres)
         .await
         .context("PostgreSQL is needed for the baselines")?;
@@ -37,15 +61,15 @@ pub async fn baselines(seconds: u64) -> anyhow::Result<PgBaselines> {
     let naive = "BEGIN;\nSELECT available FROM products WHERE id = 1 FOR UPDATE;\n\
                  INSERT INTO holds (product_id, qty) VALUES (1, 1);\n\
                  UPDATE products SET available = available - 1 WHERE id = 1;\nCOMMIT;\n";
-    let mut b = PgBaselines {
-        update: BTreeMap::new(),
-        naive_hold: BTreeMap::new(),
-    };
     for c in CLIENT_COUNTS {
-        eprintln!("baseline: pgbench hot-row UPDATE, {c} clients");
-        b.update.insert(c, pgbench(&db.url, update, c, seconds)?);
-        eprintln!("baseline: pgbench naive hold transaction, {c} clients");
-        b.naive_hold.insert(c, pgbench(&db.url, naive, c, seconds)?);
+        if needed(Script::Update, c) {
+            eprintln!("baseline: pgbench hot-row UPDATE, {c} clients");
+            b.update.insert(c, pgbench(&db.url, update, c, seconds)?);
+        }
+        if needed(Script::NaiveHold, c) {
+            eprintln!("baseline: pgbench naive hold transaction, {c} clients");
+            b.naive_hold.insert(c, pgbench(&db.url, naive, c, seconds)?);
+        }
     }
     Ok(b)
 }

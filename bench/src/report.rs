@@ -6,7 +6,12 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 use anyhow::{Context, bail};
 use charts_rs::{AxisScale, LineChart, Series};
 
-use crate::{CLIENT_COUNTS, load::Load, pgbench::PgBaselines, probes::CpuShare};
+use crate::{
+    CLIENT_COUNTS,
+    load::Load,
+    pgbench::{PgBaselines, PgRun},
+    probes::CpuShare,
+};
 
 /// One row of the results table.
 pub struct Row {
@@ -96,19 +101,29 @@ fn profile(t: &mut String, rows: &[Row]) {
     }
 }
 
-/// The pgbench baselines at each client count.
+/// The pgbench baselines at each client count measured (`—` where one was not).
 fn baselines(t: &mut String, pg: &PgBaselines) {
+    if pg.update.is_empty() && pg.naive_hold.is_empty() {
+        return;
+    }
     let _ = writeln!(t, "\npgbench baselines (transactions/s):\n");
     let _ = writeln!(
         t,
         "| clients | hot-row UPDATE | naive hold transaction |\n|---|---|---|"
     );
+    let tps = |runs: &BTreeMap<usize, PgRun>, c| {
+        runs.get(&c)
+            .map_or_else(|| "—".to_owned(), |r| format!("{:.0}", r.tps))
+    };
     for c in CLIENT_COUNTS {
-        let _ = writeln!(
-            t,
-            "| {c} | {:.0} | {:.0} |",
-            pg.update[&c].tps, pg.naive_hold[&c].tps
-        );
+        if pg.update.contains_key(&c) || pg.naive_hold.contains_key(&c) {
+            let _ = writeln!(
+                t,
+                "| {c} | {} | {} |",
+                tps(&pg.update, c),
+                tps(&pg.naive_hold, c)
+            );
+        }
     }
 }
 

@@ -7,13 +7,16 @@ use futures::TryStreamExt;
 use super::{Bench, WEBHOOK_SECRET, status};
 use crate::{pgbench::PgBaselines, report::Row};
 
+/// Closed-loop clients, each running one purchase after another.
+pub(super) const CLIENTS: usize = 64;
+
 /// Runs the flow; the check counts the paid orders and runs the audit.
 pub(super) async fn run(bench: &Bench, pg: &PgBaselines) -> anyhow::Result<Row> {
     let product = bench.app.create_product(1_000_000_000, 100).await;
     let (sdk, http) = (bench.sdk.clone(), bench.http.clone());
     let webhook_url = bench.app.url("/api/payments/webhook");
     let flow = bench
-        .measure("full-flow, 64 clients", 64, move |client, seq| {
+        .measure("full-flow, 64 clients", CLIENTS, move |client, seq| {
             let (sdk, http, url) = (sdk.clone(), http.clone(), webhook_url.clone());
             pay(sdk, http, url, product, format!("bench-{client}-{seq}"))
         })
@@ -35,7 +38,7 @@ pub(super) async fn run(bench: &Bench, pg: &PgBaselines) -> anyhow::Result<Row> 
         flow,
         "full-flow (hold → order → signed paid webhook), 64 clients",
         "pgbench naive hold ×64",
-        pg.naive_hold[&64].tps,
+        pg.naive_hold[&CLIENTS].tps,
         note,
     ))
 }
