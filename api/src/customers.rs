@@ -106,7 +106,7 @@ impl CustomerTokens {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| format!("the customer token is not valid: {e}"))?;
         CustomerId::parse(&data.claims.sub).ok_or_else(|| {
-            "the customer token's sub must be 1 to 128 visible characters".to_owned()
+            "the customer token's sub must be 1 to 128 visible ASCII characters".to_owned()
         })
     }
 }
@@ -123,6 +123,14 @@ fn public_key(path: &PathBuf) -> anyhow::Result<(DecodingKey, Algorithm)> {
         return Ok((key, Algorithm::RS256));
     }
     if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+        // ES256 is P-256, whose public point is 65 bytes (33 compressed); P-384 and P-521
+        // points are longer. Any other curve would start fine and refuse every token.
+        let point = key.try_get_as_bytes()?.len();
+        anyhow::ensure!(
+            matches!(point, 33 | 65),
+            "CUSTOMER_JWT_PUBLIC_KEY_FILE {} is an EC key of another curve than P-256 (ES256)",
+            path.display()
+        );
         return Ok((key, Algorithm::ES256));
     }
     anyhow::bail!(
@@ -139,6 +147,14 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
+
+    /// A P-384 public key: EC, but not the curve of ES256.
+    const P384_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEZ0AnRiSLyqUbj9RN/etJMkJvoaw4LOc8
+3d6zzWDBUH0d0Vrq7SuGGer+1TqbN8oyzkIw9l3FvORpC1kk4FfQ1KJ6yrY+cdx1
+bEQRI5v+oW30GLIV6YWjfnkQy8XRVLJ4
+-----END PUBLIC KEY-----
+";
 
     fn tokens(config: CustomerTokenConfig) -> CustomerTokens {
         CustomerTokens::from_config(&config)
@@ -216,6 +232,17 @@ mod tests {
             ..secret_config()
         };
         assert!(CustomerTokens::from_config(&both).is_err());
+        let p384 = std::env::temp_dir().join(format!("p384-{}.pem", std::process::id()));
+        std::fs::write(&p384, P384_PUBLIC_KEY).expect("write");
+        let other_curve = CustomerTokenConfig {
+            customer_jwt_public_key_file: Some(p384.clone()),
+            ..Default::default()
+        };
+        let refused = CustomerTokens::from_config(&other_curve)
+            .err()
+            .map(|e| e.to_string());
+        std::fs::remove_file(&p384).ok();
+        assert!(refused.is_some_and(|e| e.contains("P-256")));
         let missing = CustomerTokenConfig {
             customer_jwt_public_key_file: Some("/nonexistent.pem".into()),
             ..Default::default()

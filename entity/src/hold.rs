@@ -36,6 +36,7 @@ pub struct Model {
     /// Set when a `paid` payment was recorded before the order existed: the hold no longer expires.
     pub paid_at_ms: Option<i64>,
     /// The client's `Idempotency-Key`, unique per customer (anonymous holds sharing one scope).
+    #[sea_orm(column_name = "scoped_idempotency_key")]
     pub idempotency_key: Option<String>,
     /// Hash of the request that created the hold, to detect a key reused with another body.
     pub request_hash: Option<String>,

@@ -2,11 +2,16 @@
 //! hold and order. A hold's `Idempotency-Key` becomes unique per customer (all anonymous
 //! callers sharing one scope) instead of across every hold, and the count of one
 //! customer's units of one product gets its indexes.
+//!
+//! The key's column is renamed `scoped_idempotency_key`: a process of the previous version
+//! still running on the upgraded database (a rolling deploy) would look keys up across
+//! customers and grant holds past a limit it does not know; with the column gone from
+//! under it, its every hold statement fails instead, and it can answer nothing wrong.
 
 use sea_orm_migration::{
     prelude::*,
     schema::*,
-    sea_orm::{ConnectionTrait, DbBackend},
+    sea_orm::{ConnectionTrait, DbBackend, Statement},
 };
 
 #[derive(DeriveMigrationName)]
@@ -31,6 +36,7 @@ enum Holds {
     ExpiresAtMs,
     PaidAtMs,
     IdempotencyKey,
+    ScopedIdempotencyKey,
     RequestHash,
     CreatedAtMs,
     CustomerId,
@@ -83,7 +89,7 @@ impl MigrationTrait for Migration {
         for sql in [
             // Anonymous callers share the scope ''; a token's `sub` is never empty.
             "CREATE UNIQUE INDEX idx_holds_key_per_customer \
-             ON holds (idempotency_key, COALESCE(customer_id, ''))",
+             ON holds (scoped_idempotency_key, COALESCE(customer_id, ''))",
             // One customer's units of one product: their holds, then their orders.
             "CREATE INDEX idx_holds_product_customer \
              ON holds (product_id, customer_id, status) WHERE customer_id IS NOT NULL",
@@ -102,7 +108,8 @@ impl MigrationTrait for Migration {
     }
 }
 
-/// PostgreSQL: the new columns, and the key's old unique constraint dropped.
+/// PostgreSQL: the new columns, the key's column renamed, and its unique constraint
+/// dropped, whatever its name.
 async fn add_hold_columns_postgres(m: &SchemaManager<'_>) -> Result<(), DbErr> {
     m.alter_table(
         Table::alter()
@@ -112,10 +119,30 @@ async fn add_hold_columns_postgres(m: &SchemaManager<'_>) -> Result<(), DbErr> {
             .to_owned(),
     )
     .await?;
-    // The name PostgreSQL gave the column's UNIQUE in the first migration.
-    m.get_connection()
-        .execute_unprepared("ALTER TABLE holds DROP CONSTRAINT holds_idempotency_key_key")
+    // PostgreSQL takes a RENAME alone, not beside other changes.
+    m.alter_table(
+        Table::alter()
+            .table(Holds::Table)
+            .rename_column(Holds::IdempotencyKey, Holds::ScopedIdempotencyKey)
+            .to_owned(),
+    )
+    .await?;
+    let db = m.get_connection();
+    let unique_on_key = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT c.conname AS name FROM pg_constraint c \
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) \
+             WHERE c.conrelid = 'holds'::regclass AND c.contype = 'u' \
+               AND cardinality(c.conkey) = 1 AND a.attname = 'scoped_idempotency_key'",
+        ))
         .await?;
+    for row in unique_on_key {
+        let name: String = row.try_get("", "name")?;
+        let quoted = name.replace('"', "\"\"");
+        db.execute_unprepared(&format!("ALTER TABLE holds DROP CONSTRAINT \"{quoted}\""))
+            .await?;
+    }
     Ok(())
 }
 
@@ -125,14 +152,20 @@ async fn add_hold_columns_postgres(m: &SchemaManager<'_>) -> Result<(), DbErr> {
 async fn rebuild_holds_sqlite(m: &SchemaManager<'_>) -> Result<(), DbErr> {
     let db = m.get_connection();
     m.create_table(holds_table("holds_new")).await?;
-    db.execute_unprepared(
+    for sql in [
         "INSERT INTO holds_new (id, product_id, qty, status, expires_at_ms, paid_at_ms, \
-         idempotency_key, request_hash, created_at_ms) \
+         scoped_idempotency_key, request_hash, created_at_ms) \
          SELECT id, product_id, qty, status, expires_at_ms, paid_at_ms, idempotency_key, \
          request_hash, created_at_ms FROM holds",
-    )
-    .await?;
-    db.execute_unprepared("DROP TABLE holds").await?;
+        // Ids handed out go on from where the old table's AUTOINCREMENT was, even past rows
+        // that were deleted: queued jobs name holds by id.
+        "DELETE FROM sqlite_sequence WHERE name = 'holds_new'",
+        "INSERT INTO sqlite_sequence (name, seq) \
+         SELECT 'holds_new', seq FROM sqlite_sequence WHERE name = 'holds'",
+        "DROP TABLE holds",
+    ] {
+        db.execute_unprepared(sql).await?;
+    }
     db.execute_unprepared("ALTER TABLE holds_new RENAME TO holds")
         .await?;
     // The first migration's indexes went with the old table.
@@ -153,17 +186,20 @@ async fn rebuild_holds_sqlite(m: &SchemaManager<'_>) -> Result<(), DbErr> {
         }
         m.create_index(index.to_owned()).await?;
     }
-    let broken = db
-        .query_all_raw(sea_orm_migration::sea_orm::Statement::from_string(
-            DbBackend::Sqlite,
-            "PRAGMA foreign_key_check",
-        ))
-        .await?;
-    if !broken.is_empty() {
-        return Err(DbErr::Migration(format!(
-            "{} rows break a foreign key after rebuilding holds",
-            broken.len()
-        )));
+    // The tables whose foreign keys the rebuild could break, and only those.
+    for table in ["holds", "orders", "payments"] {
+        let broken = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                format!("PRAGMA foreign_key_check({table})"),
+            ))
+            .await?;
+        if !broken.is_empty() {
+            return Err(DbErr::Migration(format!(
+                "{} row(s) of {table} break a foreign key after rebuilding holds",
+                broken.len()
+            )));
+        }
     }
     Ok(())
 }
@@ -178,7 +214,7 @@ fn holds_table(name: &str) -> TableCreateStatement {
         .col(string_len(Holds::Status, 16))
         .col(big_integer(Holds::ExpiresAtMs))
         .col(big_integer_null(Holds::PaidAtMs))
-        .col(string_len_null(Holds::IdempotencyKey, 255))
+        .col(string_len_null(Holds::ScopedIdempotencyKey, 255))
         .col(string_len_null(Holds::RequestHash, 64))
         .col(big_integer(Holds::CreatedAtMs))
         .col(string_len_null(Holds::CustomerId, CUSTOMER_ID_LEN))

@@ -234,7 +234,10 @@ impl Service {
                     return Err(Error::Database(e));
                 };
                 match replay(&self.db.conn, keyed).await? {
-                    Some(replay) => Ok((replay, true)),
+                    Some(replay) => {
+                        metrics().replays.with_label_values(&["hold"]).inc();
+                        Ok((replay, true))
+                    }
                     None => Err(Error::Database(e)),
                 }
             }

@@ -277,7 +277,7 @@ async fn pruning_old_idempotency_keys_locks_the_product_before_its_holds() {
     let hold_id = app.hold_with_key_ok(product, 1, "cart-prune").await.hold_id;
     assert_eq!(app.order(hold_id).await.status, 201);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let keys = "SELECT COUNT(*) FROM holds WHERE idempotency_key IS NOT NULL";
+    let keys = "SELECT COUNT(*) FROM holds WHERE scoped_idempotency_key IS NOT NULL";
     let db_url = db.url.clone();
     let sweep = move || {
         Command::new(bin("flashsale-worker"))
