@@ -90,11 +90,12 @@ impl MigrationTrait for Migration {
             // Anonymous callers share the scope ''; a token's `sub` is never empty.
             "CREATE UNIQUE INDEX idx_holds_key_per_customer \
              ON holds (scoped_idempotency_key, COALESCE(customer_id, ''))",
-            // One customer's units of one product: their holds, then their orders.
-            "CREATE INDEX idx_holds_product_customer \
-             ON holds (product_id, customer_id, status) WHERE customer_id IS NOT NULL",
-            "CREATE INDEX idx_orders_product_customer \
-             ON orders (product_id, customer_id, status) WHERE customer_id IS NOT NULL",
+            // One customer's units of one product: their holds, then their orders. The
+            // customer leads, so that no index of the product's competes for the lookup.
+            "CREATE INDEX idx_holds_customer \
+             ON holds (customer_id, product_id) WHERE customer_id IS NOT NULL",
+            "CREATE INDEX idx_orders_customer \
+             ON orders (customer_id, product_id) WHERE customer_id IS NOT NULL",
         ] {
             db.execute_unprepared(sql).await?;
         }

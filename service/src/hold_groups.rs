@@ -75,8 +75,6 @@ struct Request {
     qty: i64,
     /// Who asks.
     customer: Option<CustomerId>,
-    /// Whether this process knew the product to be limited per customer when it came.
-    limited: bool,
 }
 
 /// The product's queue is full.
@@ -192,14 +190,9 @@ impl Service {
         product_id: i64,
         qty: i64,
         customer: Option<CustomerId>,
-        limited: bool,
     ) -> Result<HoldView> {
         let (reply, mut answer) = oneshot::channel();
-        let request = Request {
-            qty,
-            customer,
-            limited,
-        };
+        let request = Request { qty, customer };
         let (id, lead) = self
             .hold_groups
             .enqueue(product_id, request, reply)
@@ -292,9 +285,7 @@ impl Service {
                 customer: r.customer.as_ref().map(CustomerId::as_str),
             })
             .collect();
-        let limited = requests.iter().any(|r| r.limited);
-        let (txn, refusals, limit) = match self.take_units(product_id, &asks, None, limited).await?
-        {
+        let (txn, refusals, limit) = match self.take_units(product_id, &asks, None).await? {
             Reserved::Taken {
                 txn,
                 refusals,
@@ -440,7 +431,6 @@ mod tests {
         Request {
             qty,
             customer: None,
-            limited: false,
         }
     }
 

@@ -214,9 +214,9 @@ impl Service {
                 hash,
                 customer: req.customer.as_ref().map(CustomerId::as_str),
             });
-        let limited = match self.admit_hold(&req, keyed).await {
-            Ok(Admitted::Limited(limited)) => limited,
-            Ok(Admitted::Replay(replay)) => {
+        match self.admit_hold(&req, keyed).await {
+            Ok(None) => {}
+            Ok(Some(replay)) => {
                 metrics().replays.with_label_values(&["hold"]).inc();
                 return Ok((replay, true));
             }
@@ -224,8 +224,8 @@ impl Service {
                 count_outcome(Err(&e));
                 return Err(e);
             }
-        };
-        let result = self.reserve_admitted(&req, keyed, limited).await;
+        }
+        let result = self.reserve_admitted(&req, keyed).await;
         count_outcome(result.as_ref().map(|(_, replayed)| *replayed));
         match result {
             // Another request with the same key committed first.
@@ -246,21 +246,22 @@ impl Service {
     }
 
     /// What the sale's settings, in this process's memory, say of `req` before any
-    /// transaction: refused (the sale is not open, or a token is missing), a replay of a
-    /// hold made before the sale ended, or admitted, limited per customer or not.
-    async fn admit_hold(&self, req: &NewHold, keyed: Option<Keyed<'_>>) -> Result<Admitted> {
+    /// transaction: refused (the sale is not open, or a token is missing), the hold a
+    /// retry made before the sale ended, or `None`: go on and reserve.
+    async fn admit_hold(
+        &self,
+        req: &NewHold,
+        keyed: Option<Keyed<'_>>,
+    ) -> Result<Option<HoldView>> {
         let settings = self
             .sale_settings(req.product_id)
             .await?
             .ok_or(Error::ProductNotFound(req.product_id))?;
         match settings.admit(req.product_id, now_ms(), req.customer.as_ref()) {
-            Ok(()) => Ok(Admitted::Limited(settings.max_per_customer.is_some())),
+            Ok(()) => Ok(None),
             // A retry of a hold made before the end still finds its hold.
             Err(ended @ Error::SaleEnded { .. }) => match keyed {
-                Some(keyed) => replay(&self.db.conn, keyed)
-                    .await?
-                    .map(Admitted::Replay)
-                    .ok_or(ended),
+                Some(keyed) => replay(&self.db.conn, keyed).await?.map(Some).ok_or(ended),
                 None => Err(ended),
             },
             Err(refused) => Err(refused),
@@ -273,7 +274,6 @@ impl Service {
         &self,
         req: &NewHold,
         keyed: Option<Keyed<'_>>,
-        limited: bool,
     ) -> Result<(HoldView, bool)> {
         // This process's fresh evidence that the product is sold out, read before the key
         // is looked up: the evidence was taken under the row lock after every commit that
@@ -294,9 +294,9 @@ impl Service {
             ));
         }
         match keyed {
-            Some(keyed) => self.reserve(req, keyed, limited).await,
+            Some(keyed) => self.reserve(req, keyed).await,
             None => self
-                .reserve_in_group(req.product_id, req.qty, req.customer.clone(), limited)
+                .reserve_in_group(req.product_id, req.qty, req.customer.clone())
                 .await
                 .map(|hold| (hold, false)),
         }
@@ -305,19 +305,12 @@ impl Service {
     /// The single-hold reservation transaction, for keyed requests: the locked step
     /// ([`take_units`](Self::take_units)), then, under the product lock, a stored hold
     /// with the key is a replay; otherwise the hold is inserted.
-    async fn reserve(
-        &self,
-        req: &NewHold,
-        keyed: Keyed<'_>,
-        limited: bool,
-    ) -> Result<(HoldView, bool)> {
+    async fn reserve(&self, req: &NewHold, keyed: Keyed<'_>) -> Result<(HoldView, bool)> {
         let ask = Ask {
             qty: req.qty,
             customer: keyed.customer,
         };
-        let reserved = self
-            .take_units(req.product_id, &[ask], Some(keyed), limited)
-            .await?;
+        let reserved = self.take_units(req.product_id, &[ask], Some(keyed)).await?;
         let (txn, limit) = match reserved {
             Reserved::Taken {
                 txn,
@@ -370,46 +363,41 @@ impl Service {
     }
 
     /// The locked step of every reservation, for `asks` on `product_id` in arrival order.
-    /// It begins the transaction; unless the product is `limited` per customer (as this
-    /// process remembers it), it takes the sum of the asks with one conditional UPDATE,
-    /// which also locks the product row on PostgreSQL. Otherwise, or when that finds too
-    /// little, or a limit this process did not know of yet, it decides under the row lock
-    /// ([`take_locked`](Self::take_locked)).
+    /// It begins the transaction and takes the sum of the asks with one conditional
+    /// UPDATE, which also locks the product row on PostgreSQL. A product limited per
+    /// customer then has the asks decided against each customer's allowance
+    /// ([`decide_limited`](Self::decide_limited)). When the UPDATE finds too little, the
+    /// decision is made under the row lock by [`take_locked`](Self::take_locked).
     pub(super) async fn take_units(
         &self,
         product_id: i64,
         asks: &[Ask<'_>],
         keyed: Option<Keyed<'_>>,
-        limited: bool,
     ) -> Result<Reserved> {
         let evidence = self.cache.ticket(product_id);
         let txn = self.db.begin_write().await?;
-        if !limited {
-            let sum = asks.iter().map(|a| a.qty).sum();
-            match take_stock_returning(&*txn, product_id, sum).await? {
-                Some(p) if p.max_per_customer.is_none() => {
-                    let refusals = vec![None; asks.len()];
-                    return Ok(Reserved::Taken {
-                        txn,
-                        refusals,
-                        limit: None,
-                    });
-                }
-                // A limit set since this process last read the settings: give the units
-                // back and decide each request against it, under the lock now held.
-                Some(p) => release_stock(&*txn, p.id, sum).await?,
-                None => {}
+        let sum = asks.iter().map(|a| a.qty).sum();
+        match take_stock_returning(&*txn, product_id, sum).await? {
+            None => {
+                self.take_locked(txn, evidence, product_id, asks, keyed)
+                    .await
+            }
+            Some(p) if p.max_per_customer.is_some() => decide_limited(txn, &p, asks, sum).await,
+            Some(_) => {
+                let refusals = vec![None; asks.len()];
+                Ok(Reserved::Taken {
+                    txn,
+                    refusals,
+                    limit: None,
+                })
             }
         }
-        self.take_locked(txn, evidence, product_id, asks, keyed)
-            .await
     }
 
-    /// The locked step's decision under the product's row lock: a retry of a keyed
-    /// request that committed is a replay; overdue holds are reclaimed (marked expired
-    /// under their own row locks, so that a payment being recorded for one cannot revive
-    /// it behind the count below); with a limit per customer, the asks' customers' units
-    /// are counted in one query; then the asks are granted in arrival order.
+    /// The locked step's decision when the stock looked short, under the product's row
+    /// lock: a retry of a keyed request that committed is a replay; overdue holds are
+    /// reclaimed; with a limit per customer, the asks' customers' units are counted in one
+    /// query; then the asks are granted in arrival order.
     async fn take_locked(
         &self,
         txn: WriteTxn,
@@ -434,10 +422,7 @@ impl Service {
         let now = now_ms();
         let reclaimed = reclaim_overdue_holds(&*txn, p.id, now).await?;
         let units = match p.max_per_customer {
-            Some(_) => {
-                let customers: Vec<&str> = asks.iter().filter_map(|a| a.customer).collect();
-                customer_units(&*txn, p.id, &customers, now).await?
-            }
+            Some(_) => customer_units(&*txn, p.id, &customers_of(asks), now).await?,
             None => HashMap::new(),
         };
         let (granted, refusals) =
@@ -497,12 +482,40 @@ impl Service {
     }
 }
 
-/// What [`Service::admit_hold`] decided.
-enum Admitted {
-    /// Go on to reserve; `true` when the product is limited per customer.
-    Limited(bool),
-    /// The hold this retry made before the sale ended.
-    Replay(HoldView),
+/// The part of the locked step for a product limited per customer, once the UPDATE has
+/// taken `taken` units (the sum of `asks`) and locked the row `p`: the customers' units
+/// are counted, and each ask is granted or refused against its customer's allowance, in
+/// arrival order; refused units go back at once. The clock is read under the lock.
+///
+/// Every change that adds to a customer's units (a grant, or a payment that pins a hold
+/// so that it no longer expires) holds the product's lock and reads the clock under it;
+/// so nothing can add to what this count finds before the transaction ends.
+async fn decide_limited(
+    txn: WriteTxn,
+    p: &product::Model,
+    asks: &[Ask<'_>],
+    taken: i64,
+) -> Result<Reserved> {
+    let units = customer_units(&*txn, p.id, &customers_of(asks), now_ms()).await?;
+    let (granted, refusals) = grant_in_order(p.available + taken, p.max_per_customer, &units, asks);
+    if granted == 0 {
+        txn.rollback().await?;
+        let why = refusals.into_iter().map(|r| r.expect("all refused"));
+        return Ok(Reserved::Refused(why.collect()));
+    }
+    if granted < taken {
+        release_stock(&*txn, p.id, taken - granted).await?;
+    }
+    Ok(Reserved::Taken {
+        txn,
+        refusals,
+        limit: p.max_per_customer,
+    })
+}
+
+/// The customers of `asks`, anonymous ones left out.
+fn customers_of<'a>(asks: &[Ask<'a>]) -> Vec<&'a str> {
+    asks.iter().filter_map(|a| a.customer).collect()
 }
 
 /// Counts a hold request's outcome: `Ok(replayed)` or its error.
