@@ -1,8 +1,8 @@
 //! The OpenAPI contract against a live server: schemathesis generates requests from
 //! `openapi.yaml` and checks every answer against it, the answers random requests rarely
 //! reach (the webhook's 202, the largest qty) are checked against it too, and the Python SDK
-//! generated from the same file runs hold -> order -> signed webhook
-//! (`scripts/contract-check.sh`).
+//! generated from the same file runs hold -> order -> signed webhook, then holds a product
+//! limited per customer with a customer token (`scripts/contract-check.sh`).
 
 use std::process::Command;
 
@@ -30,7 +30,7 @@ fn live_server_honours_openapi_yaml_under_schemathesis_and_the_python_sdk() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "contract check failed:\n{text}");
-    assert!(text.contains("sdk smoke: 12 passed, 0 failed"), "{text}");
+    assert!(text.contains("sdk smoke: 18 passed, 0 failed"), "{text}");
     assert_eq!(
         text.matches("edge contract: 6 passed, 0 failed").count(),
         2,
