@@ -5,15 +5,17 @@
 //! every term >= 0. An `active` hold past its expiry still counts as held here until it is
 //! reclaimed; the API counts it as available already, which is the same stock seen earlier.
 //!
-//! And for every customer of a product: their units (as [`crate::sales::customer_units`]
-//! counts them) within the limit their latest hold of it was granted under. Units only
+//! And for every customer of a product: their units (what [`crate::sales::COUNTED_HOLD`]
+//! and [`crate::sales::COUNTED_ORDER`] count, as for the limit itself) within the limit their latest hold of it was granted under. Units only
 //! grow by grants, each of which kept the customer within the limit then in force, so a
 //! limit the operator lowered afterwards does not make a breach.
 
-use entity::{hold::HoldStatus, order::OrderStatus};
-use sea_orm::{ActiveEnum, ConnectionTrait, FromQueryResult, Statement};
+use sea_orm::{ConnectionTrait, FromQueryResult, Statement};
 
-use crate::Result;
+use crate::{
+    Result,
+    sales::{COUNTED_HOLD, COUNTED_ORDER, counted_values},
+};
 
 /// One product's figures.
 #[derive(Clone, Debug, PartialEq, Eq, FromQueryResult)]
@@ -78,31 +80,24 @@ pub async fn limit_breaches(conn: &impl ConnectionTrait, now_ms: i64) -> Result<
         units: i64,
         granted_under: Option<i64>,
     }
-    let sql = "SELECT u.product_id AS product_id, u.customer_id AS customer_id, \
-                 CAST(SUM(u.qty) AS BIGINT) AS units, \
-                 (SELECT h.customer_limit FROM holds h \
-                   WHERE h.product_id = u.product_id AND h.customer_id = u.customer_id \
-                   ORDER BY h.id DESC LIMIT 1) AS granted_under \
-               FROM ( \
-                 SELECT product_id, customer_id, qty FROM holds \
-                  WHERE customer_id IS NOT NULL AND status = $1 \
-                    AND (expires_at_ms > $2 OR paid_at_ms IS NOT NULL) \
-                 UNION ALL \
-                 SELECT product_id, customer_id, qty FROM orders \
-                  WHERE customer_id IS NOT NULL AND status IN ($3, $4) \
-               ) AS u \
-               GROUP BY u.product_id, u.customer_id \
-               ORDER BY u.product_id, u.customer_id";
-    let stmt = Statement::from_sql_and_values(
-        conn.get_database_backend(),
-        sql,
-        [
-            HoldStatus::Active.to_value().into(),
-            now_ms.into(),
-            OrderStatus::Pending.to_value().into(),
-            OrderStatus::Paid.to_value().into(),
-        ],
+    let sql = format!(
+        "SELECT u.product_id AS product_id, u.customer_id AS customer_id, \
+           CAST(SUM(u.qty) AS BIGINT) AS units, \
+           (SELECT h.customer_limit FROM holds h \
+             WHERE h.product_id = u.product_id AND h.customer_id = u.customer_id \
+             ORDER BY h.id DESC LIMIT 1) AS granted_under \
+         FROM ( \
+           SELECT product_id, customer_id, qty FROM holds \
+            WHERE customer_id IS NOT NULL AND {COUNTED_HOLD} \
+           UNION ALL \
+           SELECT product_id, customer_id, qty FROM orders \
+            WHERE customer_id IS NOT NULL AND {COUNTED_ORDER} \
+         ) AS u \
+         GROUP BY u.product_id, u.customer_id \
+         ORDER BY u.product_id, u.customer_id"
     );
+    let stmt =
+        Statement::from_sql_and_values(conn.get_database_backend(), sql, counted_values(now_ms));
     let rows = Units::find_by_statement(stmt).all(conn).await?;
     Ok(rows
         .into_iter()

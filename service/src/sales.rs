@@ -283,6 +283,25 @@ impl Service {
     }
 }
 
+/// What counts against a customer's limit, as a condition on a hold's own columns: it still
+/// reserves (active, and not past its expiry unless paid). Its values are bound as `$1` and
+/// `$2` by [`counted_values`].
+pub(crate) const COUNTED_HOLD: &str =
+    "status = $1 AND (expires_at_ms > $2 OR paid_at_ms IS NOT NULL)";
+/// What counts against a customer's limit, as a condition on an order's own columns: it is
+/// pending or paid. Its values are bound as `$3` and `$4` by [`counted_values`].
+pub(crate) const COUNTED_ORDER: &str = "status IN ($3, $4)";
+
+/// The values of `$1` to `$4` in [`COUNTED_HOLD`] and [`COUNTED_ORDER`] at `now_ms`.
+pub(crate) fn counted_values(now_ms: i64) -> Vec<sea_orm::Value> {
+    vec![
+        HoldStatus::Active.to_value().into(),
+        now_ms.into(),
+        OrderStatus::Pending.to_value().into(),
+        OrderStatus::Paid.to_value().into(),
+    ]
+}
+
 /// Units each of `customers` has of product `product_id` at `now_ms`: their holds that
 /// still reserve (active, and not past their expiry unless paid) plus their pending and
 /// paid orders. Customers with none are absent. The limit is decided by this count, and
@@ -308,17 +327,15 @@ pub async fn customer_units(
     // on a table that grew since it was last analyzed (the first minute of a sale), and
     // either would otherwise risk reading every active hold once per customer.
     let customers_of = match backend {
-        DbBackend::Postgres => "json_array_elements_text($2::json)",
-        _ => "json_each($2)",
+        DbBackend::Postgres => "json_array_elements_text($6::json)",
+        _ => "json_each($6)",
     };
     let sql = format!(
         "SELECT c.customer_id AS customer_id, CAST( \
-           (SELECT COALESCE(SUM(CASE WHEN h.product_id = $1 AND h.status = $3 \
-                 AND (h.expires_at_ms > $4 OR h.paid_at_ms IS NOT NULL) THEN h.qty END), 0) \
-             FROM holds h WHERE h.customer_id = c.customer_id) \
-           + (SELECT COALESCE(SUM(CASE WHEN o.product_id = $1 AND o.status IN ($5, $6) \
-                 THEN o.qty END), 0) \
-             FROM orders o WHERE o.customer_id = c.customer_id) \
+           (SELECT COALESCE(SUM(CASE WHEN product_id = $5 AND {COUNTED_HOLD} THEN qty END), 0) \
+             FROM holds WHERE customer_id = c.customer_id) \
+           + (SELECT COALESCE(SUM(CASE WHEN product_id = $5 AND {COUNTED_ORDER} THEN qty END), 0) \
+             FROM orders WHERE customer_id = c.customer_id) \
            AS BIGINT) AS units \
          FROM (SELECT DISTINCT value AS customer_id FROM {customers_of}) AS c"
     );
@@ -327,18 +344,9 @@ pub async fn customer_units(
         conn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
             .await?;
     }
-    let stmt = Statement::from_sql_and_values(
-        backend,
-        sql,
-        [
-            product_id.into(),
-            customers.into(),
-            HoldStatus::Active.to_value().into(),
-            now_ms.into(),
-            OrderStatus::Pending.to_value().into(),
-            OrderStatus::Paid.to_value().into(),
-        ],
-    );
+    let mut values = counted_values(now_ms);
+    values.extend([product_id.into(), customers.into()]);
+    let stmt = Statement::from_sql_and_values(backend, sql, values);
     let rows = Units::find_by_statement(stmt).all(conn).await?;
     Ok(rows
         .into_iter()
