@@ -214,7 +214,6 @@ mod tests {
             total_stock: 10,
             available_stock: available,
             sale: Default::default(),
-            sale_state: crate::sales::SaleState::Live,
         }
     }
 

@@ -234,28 +234,24 @@ impl Service {
                 guard.finished = true;
                 return;
             };
-            let requests: Vec<Request> = group.iter().map(|w| w.request.clone()).collect();
-            metrics().hold_group_size.observe(requests.len() as f64);
+            metrics().hold_group_size.observe(group.len() as f64);
             // Each wait inside the transaction is bounded by DB_WAIT_SECS; this bounds a
             // connection that stops answering altogether (no TCP keepalive in the driver),
             // so that the product's queue in this process cannot stall for good. Dropping
             // the future rolls back a transaction whose COMMIT was not sent; after that, the
             // outcome is unknown and answered as an internal error, never as "retry".
             let deadline = GROUP_DEADLINE_WAITS * self.db.wait();
-            let reserved = tokio::time::timeout(
-                deadline,
-                self.reserve_group(product_id, &requests),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::OutcomeUnknown(format!(
-                    "the hold group of product {product_id} did not end within {deadline:?}; \
+            let reserved = tokio::time::timeout(deadline, self.reserve_group(product_id, &group))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::OutcomeUnknown(format!(
+                        "the hold group of product {product_id} did not end within {deadline:?}; \
                          its outcome is unknown"
-                )))
-            });
+                    )))
+                });
             let decisions = match reserved {
                 Ok(decisions) => decisions,
-                Err(e) => share_error(e, requests.len()),
+                Err(e) => share_error(e, group.len()),
             };
             let mut created = Vec::new();
             for (waiting, decision) in group.into_iter().zip(decisions) {
@@ -277,12 +273,12 @@ impl Service {
 
     /// The group transaction: the locked step ([`take_units`](Self::take_units)) for
     /// every request of the group, then one INSERT of the granted holds.
-    async fn reserve_group(&self, product_id: i64, requests: &[Request]) -> Result<Decisions> {
-        let asks: Vec<Ask<'_>> = requests
+    async fn reserve_group(&self, product_id: i64, group: &[Waiting]) -> Result<Decisions> {
+        let asks: Vec<Ask<'_>> = group
             .iter()
-            .map(|r| Ask {
-                qty: r.qty,
-                customer: r.customer.as_ref().map(CustomerId::as_str),
+            .map(|w| Ask {
+                qty: w.request.qty,
+                customer: w.request.customer.as_ref().map(CustomerId::as_str),
             })
             .collect();
         let (txn, refusals, limit) = match self.take_units(product_id, &asks, None).await? {

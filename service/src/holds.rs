@@ -214,35 +214,23 @@ impl Service {
                 hash,
                 customer: req.customer.as_ref().map(CustomerId::as_str),
             });
-        match self.admit_hold(&req, keyed).await {
-            Ok(None) => {}
-            Ok(Some(replay)) => {
-                metrics().replays.with_label_values(&["hold"]).inc();
-                return Ok((replay, true));
-            }
-            Err(e) => {
-                count_outcome(Err(&e));
-                return Err(e);
-            }
-        }
-        let result = self.reserve_admitted(&req, keyed).await;
-        count_outcome(result.as_ref().map(|(_, replayed)| *replayed));
-        match result {
+        let result = match self.admit_hold(&req, keyed).await {
+            Ok(None) => self.reserve_admitted(&req, keyed).await,
+            Ok(Some(replay)) => Ok((replay, true)),
+            Err(refused) => Err(refused),
+        };
+        let result = match (result, keyed) {
             // Another request with the same key committed first.
-            Err(Error::Database(e)) if is_unique_violation(&e) => {
-                let Some(keyed) = keyed else {
-                    return Err(Error::Database(e));
-                };
-                match replay(&self.db.conn, keyed).await? {
-                    Some(replay) => {
-                        metrics().replays.with_label_values(&["hold"]).inc();
-                        Ok((replay, true))
-                    }
-                    None => Err(Error::Database(e)),
-                }
+            (Err(Error::Database(e)), Some(keyed)) if is_unique_violation(&e) => {
+                replay(&self.db.conn, keyed)
+                    .await?
+                    .map(|replay| (replay, true))
+                    .ok_or(Error::Database(e))
             }
-            other => other,
-        }
+            (other, _) => other,
+        };
+        count_outcome(result.as_ref().map(|(_, replayed)| *replayed));
+        result
     }
 
     /// What the sale's settings, in this process's memory, say of `req` before any
@@ -312,17 +300,15 @@ impl Service {
         };
         let reserved = self.take_units(req.product_id, &[ask], Some(keyed)).await?;
         let (txn, limit) = match reserved {
+            // A lone request refused ends its transaction as `Refused`.
             Reserved::Taken {
                 txn,
                 refusals,
                 limit,
-            } => match refusals[0] {
-                None => (txn, limit),
-                Some(refusal) => {
-                    txn.rollback().await?;
-                    return Err(refusal.into_error(req.product_id, req.qty));
-                }
-            },
+            } => {
+                assert_eq!(refusals, [None], "a lone request taken but refused");
+                (txn, limit)
+            }
             Reserved::Refused(why) => return Err(why[0].into_error(req.product_id, req.qty)),
             Reserved::NoProduct => return Err(Error::ProductNotFound(req.product_id)),
             Reserved::Replay(replay) => return Ok((replay, true)),
@@ -366,7 +352,7 @@ impl Service {
     /// It begins the transaction and takes the sum of the asks with one conditional
     /// UPDATE, which also locks the product row on PostgreSQL. A product limited per
     /// customer then has the asks decided against each customer's allowance
-    /// ([`decide_limited`](Self::decide_limited)). When the UPDATE finds too little, the
+    /// ([`decide_limited`]). When the UPDATE finds too little, the
     /// decision is made under the row lock by [`take_locked`](Self::take_locked).
     pub(super) async fn take_units(
         &self,
@@ -521,7 +507,7 @@ fn customers_of<'a>(asks: &[Ask<'a>]) -> Vec<&'a str> {
 /// Counts a hold request's outcome: `Ok(replayed)` or its error.
 fn count_outcome(result: std::result::Result<bool, &Error>) {
     let outcome = match result {
-        Ok(true) => "replayed",
+        Ok(true) => return metrics().replays.with_label_values(&["hold"]).inc(),
         Ok(false) => "created",
         Err(Error::InsufficientStock { .. }) => "rejected",
         Err(Error::SaleNotStarted { .. } | Error::SaleEnded { .. }) => "sale_closed",
@@ -530,10 +516,7 @@ fn count_outcome(result: std::result::Result<bool, &Error>) {
         }
         Err(_) => return,
     };
-    match outcome {
-        "replayed" => metrics().replays.with_label_values(&["hold"]).inc(),
-        outcome => metrics().holds.with_label_values(&[outcome]).inc(),
-    }
+    metrics().holds.with_label_values(&[outcome]).inc();
 }
 
 /// Grants `asks` in arrival order while `free` units last. With a `limit` per customer,

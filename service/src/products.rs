@@ -33,23 +33,24 @@ pub struct ProductView {
     pub available_stock: i64,
     /// Its sale's window and limit per customer.
     pub sale: SaleSettings,
-    /// Where its sale is, by the clock when this view was served.
-    pub sale_state: SaleState,
 }
 
 impl ProductView {
-    /// The view of `p`, with `available_stock` free, at `now_ms`.
-    fn of(p: product::Model, available_stock: i64, now_ms: i64) -> Self {
-        let sale = SaleSettings::of(&p);
+    /// The view of `p`, with `available_stock` free.
+    fn of(p: product::Model, available_stock: i64) -> Self {
         Self {
+            sale: SaleSettings::of(&p),
             id: p.id,
             name: p.name,
             price_cents: p.price_cents,
             total_stock: p.total_stock,
             available_stock,
-            sale_state: sale.state(now_ms),
-            sale,
         }
+    }
+
+    /// Where its sale is now, by the clock: a cached view turns at the instant itself.
+    pub fn sale_state(&self) -> SaleState {
+        self.sale.state(now_ms())
     }
 }
 
@@ -127,7 +128,7 @@ impl Service {
         self.cache.invalidate(model.id);
         self.sales.forget(model.id);
         let available = model.available;
-        Ok(ProductView::of(model, available, now_ms()))
+        Ok(ProductView::of(model, available))
     }
 
     /// Creates the demo product unless some product exists already.
@@ -139,8 +140,7 @@ impl Service {
         self.create_product(demo).await.map(Some)
     }
 
-    /// The product as the public sees it, from the cache when fresh, its sale's state by
-    /// the clock now.
+    /// The product as the public sees it, from the cache when fresh.
     pub async fn product(&self, id: i64) -> Result<ProductView> {
         let found = match self.cache.get(id) {
             Ok(hit) => hit,
@@ -153,9 +153,7 @@ impl Service {
                 found
             }
         };
-        let mut view = found.ok_or(Error::ProductNotFound(id))?;
-        view.sale_state = view.sale.state(now_ms());
-        Ok(view)
+        found.ok_or(Error::ProductNotFound(id))
     }
 }
 
@@ -170,5 +168,5 @@ pub async fn load_product_view(
     };
     let overdue = crate::stock::overdue_hold_qty(conn, id, now_ms).await?;
     let available = p.available + overdue;
-    Ok(Some(ProductView::of(p, available, now_ms)))
+    Ok(Some(ProductView::of(p, available)))
 }

@@ -64,15 +64,15 @@ pub struct Product {
 impl From<ProductView> for Product {
     fn from(p: ProductView) -> Self {
         Self {
+            sale_state: p.sale_state().into(),
+            sale_starts_at: p.sale.starts_at_ms.map(to_datetime),
+            sale_ends_at: p.sale.ends_at_ms.map(to_datetime),
+            max_per_customer: p.sale.max_per_customer,
             id: p.id,
             name: p.name,
             price_cents: p.price_cents,
             total_stock: p.total_stock,
             available_stock: p.available_stock,
-            sale_starts_at: p.sale.starts_at_ms.map(to_datetime),
-            sale_ends_at: p.sale.ends_at_ms.map(to_datetime),
-            max_per_customer: p.sale.max_per_customer,
-            sale_state: p.sale_state.into(),
         }
     }
 }
