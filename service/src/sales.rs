@@ -214,7 +214,7 @@ impl SaleMemory {
         if slots.len() >= MAX_REMEMBERED && !slots.contains_key(&id) {
             // Dropping an entry also drops when it was forgotten; only stale ones go, and
             // a load older than SETTINGS_TTL could not be newer than such a change anyway.
-            slots.retain(|_, s| s.value.is_some_and(|(_, at)| at.elapsed() < SETTINGS_TTL));
+            drop_stale(&mut slots);
             if slots.len() >= MAX_REMEMBERED || started.elapsed() >= SETTINGS_TTL {
                 return;
             }
@@ -236,7 +236,7 @@ impl SaleMemory {
     pub fn forget(&self, id: i64) {
         let mut slots = self.lock();
         if slots.len() >= MAX_REMEMBERED && !slots.contains_key(&id) {
-            slots.retain(|_, s| s.value.is_some_and(|(_, at)| at.elapsed() < SETTINGS_TTL));
+            drop_stale(&mut slots);
         }
         slots.insert(
             id,
@@ -247,6 +247,11 @@ impl SaleMemory {
             },
         );
     }
+}
+
+/// Makes room in a full memory: drops every product not read within [`SETTINGS_TTL`].
+fn drop_stale(slots: &mut HashMap<i64, Slot>) {
+    slots.retain(|_, s| s.value.is_some_and(|(_, at)| at.elapsed() < SETTINGS_TTL));
 }
 
 /// A reload of one product's settings under way; its end, however it ends (stored, failed,

@@ -7,23 +7,26 @@ use entity::{
     product,
 };
 use sea_orm::{
-    ActiveEnum, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    ActiveEnum, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, UpdateMany,
     sea_query::{Alias, Expr, ExprTrait, Func},
 };
 
 use crate::{Result, metrics::metrics};
 
-/// `available -= qty` if at least `qty` is available; `false` when not (or no such product).
-pub async fn take_stock(conn: &impl ConnectionTrait, product_id: i64, qty: i64) -> Result<bool> {
-    let res = product::Entity::update_many()
+/// The conditional decrement: `available -= qty` where at least `qty` is available.
+fn decrement(product_id: i64, qty: i64) -> UpdateMany<product::Entity> {
+    product::Entity::update_many()
         .col_expr(
             product::Column::Available,
             Expr::col(product::Column::Available).sub(qty),
         )
         .filter(product::Column::Id.eq(product_id))
         .filter(product::Column::Available.gte(qty))
-        .exec(conn)
-        .await?;
+}
+
+/// `available -= qty` if at least `qty` is available; `false` when not (or no such product).
+pub async fn take_stock(conn: &impl ConnectionTrait, product_id: i64, qty: i64) -> Result<bool> {
+    let res = decrement(product_id, qty).exec(conn).await?;
     Ok(res.rows_affected == 1)
 }
 
@@ -34,15 +37,7 @@ pub async fn take_stock_returning(
     product_id: i64,
     qty: i64,
 ) -> Result<Option<product::Model>> {
-    let mut rows = product::Entity::update_many()
-        .col_expr(
-            product::Column::Available,
-            Expr::col(product::Column::Available).sub(qty),
-        )
-        .filter(product::Column::Id.eq(product_id))
-        .filter(product::Column::Available.gte(qty))
-        .exec_with_returning(conn)
-        .await?;
+    let mut rows = decrement(product_id, qty).exec_with_returning(conn).await?;
     Ok(rows.pop())
 }
 
