@@ -43,14 +43,16 @@ customer_secret=contract-customer-secret-0123456789abcdef
 fuzz_url=$(start fuzz DEV_MODE=1 ADMIN_TOKEN=contract-admin CUSTOMER_JWT_SECRET=$customer_secret)
 customer_token=$("$venv/bin/python" "$root/scripts/customer_token.py" "$customer_secret" contract-shopper)
 st=("$venv/bin/st" run "$root/openapi.yaml" --url "$fuzz_url" --seed 20261121 --max-examples 100)
+admin_ops=(create_product update_product list_refunds resolve_refund)
 echo "schemathesis: every public and buyer operation but the webhook, all checks"
 "${st[@]}" -H "Authorization: Bearer $customer_token" --checks all \
-  --exclude-operation-id payment_webhook --exclude-operation-id create_product
-# A sale's end must come after its start, which a schema cannot say, so schema-valid but
-# refused is not checked for product creation.
-echo "schemathesis: product creation (admin)"
+  --exclude-operation-id payment_webhook "${admin_ops[@]/#/--exclude-operation-id=}"
+# What a schema cannot say makes some schema-valid requests refused: a sale's end must come
+# after its start, a stock reduction must fit what is free (409), and a refunds cursor must
+# be one the server gave; so schema-valid but refused is not checked for these.
+echo "schemathesis: the operator's operations (admin)"
 "${st[@]}" -H "Authorization: Bearer contract-admin" --checks all \
-  --exclude-checks positive_data_acceptance --include-operation-id create_product
+  --exclude-checks positive_data_acceptance "${admin_ops[@]/#/--include-operation-id=}"
 # The webhook refuses a body key that differs from the header key (422), which a schema
 # cannot say, so schema-valid-but-refused is not checked for it.
 echo "schemathesis: the webhook"

@@ -1,6 +1,6 @@
 """Smoke test of the generated Python SDK against a live flashsale-api:
 hold -> order -> signed `paid` webhook -> the order is paid; then a product limited per
-customer, held with a customer token.
+customer, held with a customer token, released, held again, and restocked.
 
 usage: sdk_smoke.py BASE_URL ADMIN_TOKEN WEBHOOK_SECRET CUSTOMER_JWT_SECRET
 """
@@ -14,16 +14,18 @@ import uuid
 from customer_token import customer_token
 
 from flashsale_client import AuthenticatedClient, Client
-from flashsale_client.api.holds import create_hold, get_hold
+from flashsale_client.api.holds import create_hold, get_hold, release_hold
 from flashsale_client.api.orders import create_order, get_order
 from flashsale_client.api.payments import payment_webhook
-from flashsale_client.api.products import create_product, get_product
+from flashsale_client.api.products import create_product, get_product, list_products, update_product
+from flashsale_client.api.refunds import list_refunds, resolve_refund
 from flashsale_client.models import (
     CreateHold,
     CreateOrder,
     CreateProduct,
     PaymentStatus,
     PaymentWebhook,
+    UpdateProduct,
 )
 
 base_url, admin_token, secret, customer_secret = sys.argv[1:5]
@@ -104,5 +106,25 @@ r = get_hold.sync_detailed(client=shopper, id=mine.hold_id)
 check(r.status_code == 200 and r.parsed.hold_id == mine.hold_id, "the owner reads the hold")
 r = get_hold.sync_detailed(client=buyer, id=mine.hold_id)
 check(r.status_code == 404, "anyone else gets 404")
+
+# Letting go: the shopper releases the hold and may hold again; the operator restocks.
+r = release_hold.sync_detailed(client=shopper, id=mine.hold_id)
+check(r.status_code == 200 and r.parsed.status.value == "released", f"release: {r.content!r}")
+r = create_hold.sync_detailed(client=shopper, body=CreateHold(product_id=limited.id, qty=1))
+check(r.status_code == 201, f"hold after release: {r.content!r}")
+r = update_product.sync_detailed(client=admin, id=limited.id, body=UpdateProduct(total_stock=9))
+check(r.status_code == 200 and r.parsed.available_stock == 8, f"restock: {r.content!r}")
+r = list_products.sync_detailed(client=buyer, after=product.id - 1, limit=1)
+check(r.status_code == 200 and [p.id for p in r.parsed.items] == [product.id], f"list: {r.content!r}")
+
+# A payment for the released hold buys nothing: the operator finds it and resolves it.
+late = PaymentWebhook(hold_id=mine.hold_id, status=PaymentStatus.PAID, idempotency_key=f"evt-{uuid.uuid4()}")
+r = payment_webhook.sync_detailed(client=provider, body=late)
+check(r.status_code == 200 and r.parsed.state == "refund_required", f"paid after release: {r.content!r}")
+r = list_refunds.sync_detailed(client=admin, limit=500)
+listed = [x for x in r.parsed.items if x.idempotency_key == late.idempotency_key]
+check(len(listed) == 1 and listed[0].reason.value == "hold_released" and listed[0].amount_cents == 100, f"refund listed: {listed!r}")
+r = resolve_refund.sync_detailed(client=admin, idempotency_key=late.idempotency_key)
+check(r.status_code == 200 and r.parsed.resolved_at is not None, f"refund resolved: {r.content!r}")
 
 print(f"sdk smoke: {checks} passed, 0 failed")

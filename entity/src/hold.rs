@@ -13,9 +13,12 @@ pub enum HoldStatus {
     /// Its units belong to its order now.
     #[sea_orm(string_value = "ordered")]
     Ordered,
-    /// Its units went back to the product.
+    /// Its time ran out unpaid; its units went back to the product.
     #[sea_orm(string_value = "expired")]
     Expired,
+    /// Its buyer let it go; its units went back to the product.
+    #[sea_orm(string_value = "released")]
+    Released,
 }
 
 /// A row of `holds`.

@@ -29,6 +29,24 @@ pub enum PaymentOutcome {
     RefundRequired,
 }
 
+/// Why a payment must be refunded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(24))")]
+pub enum RefundReason {
+    /// The hold expired unpaid before the payment came.
+    #[sea_orm(string_value = "hold_expired")]
+    HoldExpired,
+    /// The buyer released the hold before the payment came.
+    #[sea_orm(string_value = "hold_released")]
+    HoldReleased,
+    /// The order was cancelled: by its buyer, a failed payment, or its payment deadline.
+    #[sea_orm(string_value = "order_cancelled")]
+    OrderCancelled,
+    /// The hold or its order was already paid under another key.
+    #[sea_orm(string_value = "double_charge")]
+    DoubleCharge,
+}
+
 /// A row of `payments`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "payments")]
@@ -54,6 +72,13 @@ pub struct Model {
     pub applied_at_ms: Option<i64>,
     /// When it was received.
     pub created_at_ms: i64,
+    /// Why it must be refunded, when its outcome is `refund_required`.
+    pub refund_reason: Option<RefundReason>,
+    /// What the refund is worth, in cents: its order's total, or the hold's units at the
+    /// price when the refund was decided.
+    pub refund_cents: Option<i64>,
+    /// When the operator marked the refund done.
+    pub resolved_at_ms: Option<i64>,
 }
 
 /// The hold a payment is about.

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_checkout;
 mod m20261129_000002_sales;
+mod m20261130_000003_letting_go;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_checkout::Migration),
             Box::new(m20261129_000002_sales::Migration),
+            Box::new(m20261130_000003_letting_go::Migration),
         ]
     }
 }

@@ -6,7 +6,7 @@
 //! reclaimed; the API counts it as available already, which is the same stock seen earlier.
 //!
 //! And for every customer of a product: their units (what [`crate::sales::COUNTED_HOLD`]
-//! and [`crate::sales::COUNTED_ORDER`] count, as for the limit itself) within the limit their latest hold of it was granted under. Units only
+//! and [`crate::sales::counted_order`] count, as for the limit itself) within the limit their latest hold of it was granted under. Units only
 //! grow by grants, each of which kept the customer within the limit then in force, so a
 //! limit the operator lowered afterwards does not make a breach.
 
@@ -14,7 +14,7 @@ use sea_orm::{ConnectionTrait, FromQueryResult, Statement};
 
 use crate::{
     Result,
-    sales::{COUNTED_HOLD, COUNTED_ORDER, counted_values},
+    sales::{COUNTED_HOLD, counted_order, counted_values},
 };
 
 /// One product's figures.
@@ -71,8 +71,13 @@ pub struct LimitBreach {
 }
 
 /// Every customer whose units of a product exceed the limit their latest hold of it was
-/// granted under, at `now_ms`, in one statement.
-pub async fn limit_breaches(conn: &impl ConnectionTrait, now_ms: i64) -> Result<Vec<LimitBreach>> {
+/// granted under, at `now_ms` (orders pending longer than `order_ttl_ms` counting for
+/// nothing), in one statement.
+pub async fn limit_breaches(
+    conn: &impl ConnectionTrait,
+    now_ms: i64,
+    order_ttl_ms: i64,
+) -> Result<Vec<LimitBreach>> {
     #[derive(FromQueryResult)]
     struct Units {
         product_id: i64,
@@ -80,6 +85,7 @@ pub async fn limit_breaches(conn: &impl ConnectionTrait, now_ms: i64) -> Result<
         units: i64,
         granted_under: Option<i64>,
     }
+    let counted_order = counted_order();
     let sql = format!(
         "SELECT u.product_id AS product_id, u.customer_id AS customer_id, \
            CAST(SUM(u.qty) AS BIGINT) AS units, \
@@ -91,13 +97,16 @@ pub async fn limit_breaches(conn: &impl ConnectionTrait, now_ms: i64) -> Result<
             WHERE customer_id IS NOT NULL AND {COUNTED_HOLD} \
            UNION ALL \
            SELECT product_id, customer_id, qty FROM orders \
-            WHERE customer_id IS NOT NULL AND {COUNTED_ORDER} \
+            WHERE customer_id IS NOT NULL AND {counted_order} \
          ) AS u \
          GROUP BY u.product_id, u.customer_id \
          ORDER BY u.product_id, u.customer_id"
     );
-    let stmt =
-        Statement::from_sql_and_values(conn.get_database_backend(), sql, counted_values(now_ms));
+    let stmt = Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        sql,
+        counted_values(now_ms, now_ms - order_ttl_ms),
+    );
     let rows = Units::find_by_statement(stmt).all(conn).await?;
     Ok(rows
         .into_iter()

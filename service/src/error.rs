@@ -29,6 +29,32 @@ pub enum Error {
     /// The hold's time is up (or it was expired): it can never become an order.
     #[error("hold {0} has expired and can no longer become an order")]
     HoldExpired(i64),
+    /// The hold was released by its buyer: it can never become an order.
+    #[error("hold {0} was released and can no longer become an order")]
+    HoldReleased(i64),
+    /// The hold became an order: its units are the order's now.
+    #[error("hold {0} has become an order; cancel the order instead")]
+    HoldOrdered(i64),
+    /// A payment is recorded for the hold: it cannot be released.
+    #[error("hold {0} is paid for and cannot be released")]
+    HoldPaid(i64),
+    /// The order is paid: it cannot be cancelled.
+    #[error("order {0} is paid and cannot be cancelled")]
+    OrderPaid(i64),
+    /// A reduction of stock larger than the units free now.
+    #[error(
+        "product {product_id} has units held or sold: at most {removable} unit(s) can be \
+         removed now"
+    )]
+    StockCommitted {
+        /// The product changed.
+        product_id: i64,
+        /// Units free now, the most that can be removed.
+        removable: i64,
+    },
+    /// No refund with this idempotency key.
+    #[error("no payment {0:?} must be refunded")]
+    RefundNotFound(String),
     /// The product's sale has not started yet.
     #[error("the sale of product {product_id} starts at {starts_at}")]
     SaleNotStarted {
@@ -133,6 +159,12 @@ impl Error {
             Self::OrderNotFound(_) => "order_not_found",
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::HoldExpired(_) => "hold_expired",
+            Self::HoldReleased(_) => "hold_released",
+            Self::HoldOrdered(_) => "hold_ordered",
+            Self::HoldPaid(_) => "hold_paid",
+            Self::OrderPaid(_) => "order_paid",
+            Self::StockCommitted { .. } => "stock_committed",
+            Self::RefundNotFound(_) => "refund_not_found",
             Self::SaleNotStarted { .. } => "sale_not_started",
             Self::SaleEnded { .. } => "sale_ended",
             Self::CustomerTokenRequired(_) => "customer_token_required",

@@ -8,6 +8,7 @@ use std::{
 
 use entity::{
     hold::{self, HoldStatus},
+    order::{self, OrderStatus},
     product,
 };
 use sea_orm::{
@@ -21,7 +22,10 @@ use super::{
     locks::lock_product,
     now_ms, request_hash,
     sales::{CustomerId, customer_units, may_see},
-    stock::{reclaim_overdue_holds, release_stock, take_stock, take_stock_returning},
+    stock::{
+        reclaim_overdue_holds, reclaim_overdue_orders, release_stock, take_stock,
+        take_stock_returning,
+    },
     validate_idempotency_key,
 };
 use crate::{Error, Result, db::WriteTxn, metrics::metrics};
@@ -35,6 +39,8 @@ pub enum HoldState {
     Ordered,
     /// Its time ran out unpaid; its units are free again.
     Expired,
+    /// Its buyer let it go; its units are free again.
+    Released,
 }
 
 impl From<HoldStatus> for HoldState {
@@ -43,6 +49,7 @@ impl From<HoldStatus> for HoldState {
             HoldStatus::Active => Self::Active,
             HoldStatus::Ordered => Self::Ordered,
             HoldStatus::Expired => Self::Expired,
+            HoldStatus::Released => Self::Released,
         }
     }
 }
@@ -77,6 +84,14 @@ impl HoldView {
             qty: h.qty,
             status,
             expires_at_ms: h.expires_at_ms,
+        }
+    }
+
+    /// The view of `h` with status `status`, which a change under its lock just gave it.
+    pub(super) fn with_status(h: &hold::Model, status: HoldStatus) -> Self {
+        Self {
+            status: status.into(),
+            ..Self::current(h, i64::MIN)
         }
     }
 
@@ -368,7 +383,9 @@ impl Service {
                 self.take_locked(txn, evidence, product_id, asks, keyed)
                     .await
             }
-            Some(p) if p.max_per_customer.is_some() => decide_limited(txn, &p, asks, sum).await,
+            Some(p) if p.max_per_customer.is_some() => {
+                decide_limited(txn, &p, asks, sum, self.order_payment_ttl_ms()).await
+            }
             Some(_) => {
                 let refusals = vec![None; asks.len()];
                 Ok(Reserved::Taken {
@@ -406,9 +423,16 @@ impl Service {
             return Ok(Reserved::Replay(replay));
         }
         let now = now_ms();
-        let reclaimed = reclaim_overdue_holds(&*txn, p.id, now).await?;
+        let cutoff = now - self.order_payment_ttl_ms();
+        let reclaimed = reclaim_overdue_holds(&*txn, p.id, now).await?
+            + reclaim_overdue_orders(&*txn, p.id, cutoff, now).await?;
+        // Nothing overdue is left to pass over: the count needs no second look.
         let units = match p.max_per_customer {
-            Some(_) => customer_units(&*txn, p.id, &customers_of(asks), now).await?,
+            Some(_) => {
+                customer_units(&*txn, p.id, &customers_of(asks), now, cutoff)
+                    .await?
+                    .units
+            }
             None => HashMap::new(),
         };
         let (granted, refusals) =
@@ -446,7 +470,7 @@ impl Service {
         if reclaimed > 0 {
             return self.commit_changing(txn, Some(p.id)).await;
         }
-        let next_expiry = next_expiry_ms(&*txn, p.id).await?;
+        let next_expiry = next_expiry_ms(&*txn, p.id, self.order_payment_ttl_ms()).await?;
         txn.rollback().await?;
         // Ends a millisecond before the next expiry (the ms clock truncates).
         let valid_ms = next_expiry.map_or(i64::MAX, |at| at - read_at_ms - 1);
@@ -475,15 +499,27 @@ impl Service {
 ///
 /// Every change that adds to a customer's units (a grant, or a payment that pins a hold
 /// so that it no longer expires) holds the product's lock and reads the clock under it;
-/// so nothing can add to what this count finds before the transaction ends.
+/// so nothing can add to what this count finds before the transaction ends. The one
+/// exception is a payment for an order whose deadline is passing, which does not lock the
+/// product: when the count passes over such an order, the order is cancelled first under
+/// its own row lock (a payment that got there first has made it `paid`, and it is counted).
 async fn decide_limited(
     txn: WriteTxn,
     p: &product::Model,
     asks: &[Ask<'_>],
     taken: i64,
+    order_ttl_ms: i64,
 ) -> Result<Reserved> {
-    let units = customer_units(&*txn, p.id, &customers_of(asks), now_ms()).await?;
-    let (granted, refusals) = grant_in_order(p.available + taken, p.max_per_customer, &units, asks);
+    let now = now_ms();
+    let cutoff = now - order_ttl_ms;
+    let customers = customers_of(asks);
+    let mut counted = customer_units(&*txn, p.id, &customers, now, cutoff).await?;
+    let mut free = p.available + taken;
+    if counted.overdue_orders {
+        free += reclaim_overdue_orders(&*txn, p.id, cutoff, now).await?;
+        counted = customer_units(&*txn, p.id, &customers, now, cutoff).await?;
+    }
+    let (granted, refusals) = grant_in_order(free, p.max_per_customer, &counted.units, asks);
     if granted == 0 {
         txn.rollback().await?;
         let why = refusals.into_iter().map(|r| r.expect("all refused"));
@@ -560,9 +596,14 @@ fn grant_in_order(
     (free - left, refusals)
 }
 
-/// When the next unpaid active hold of `product_id` expires, if any.
-async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<Option<i64>> {
-    let next: Option<Option<i64>> = hold::Entity::find()
+/// When the next unpaid active hold of `product_id` expires, or the next pending order's
+/// payment deadline (`order_ttl_ms` after it was made) passes, whichever comes first.
+async fn next_expiry_ms(
+    conn: &impl ConnectionTrait,
+    product_id: i64,
+    order_ttl_ms: i64,
+) -> Result<Option<i64>> {
+    let next_hold: Option<Option<i64>> = hold::Entity::find()
         .select_only()
         .column_as(hold::Column::ExpiresAtMs.min(), "next")
         .filter(hold::Column::ProductId.eq(product_id))
@@ -571,7 +612,16 @@ async fn next_expiry_ms(conn: &impl ConnectionTrait, product_id: i64) -> Result<
         .into_tuple()
         .one(conn)
         .await?;
-    Ok(next.flatten())
+    let oldest_order: Option<Option<i64>> = order::Entity::find()
+        .select_only()
+        .column_as(order::Column::CreatedAtMs.min(), "oldest")
+        .filter(order::Column::ProductId.eq(product_id))
+        .filter(order::Column::Status.eq(OrderStatus::Pending))
+        .into_tuple()
+        .one(conn)
+        .await?;
+    let next_order = oldest_order.flatten().map(|at| at + order_ttl_ms);
+    Ok(next_hold.flatten().into_iter().chain(next_order).min())
 }
 
 /// The earlier answer for the key in its customer's scope, or 409 when it was made for a

@@ -44,10 +44,12 @@ impl From<ExpireHoldStored> for ExpireHold {
     }
 }
 
-/// Applies payments recorded for a hold before its order existed.
+/// Applies payments recorded for a hold before its order existed: queued when the order
+/// is created, and when a `paid` pins the hold, due when the hold would have expired (if no
+/// order came by then, the job makes it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckPendingWebhook {
-    /// The hold whose order now exists.
+    /// The hold whose payments are to be applied.
     pub hold_id: i64,
 }
 
@@ -101,10 +103,8 @@ impl JobQueue {
         let Some(&hold_id) = hold_ids.first() else {
             return;
         };
-        let due_secs = (expires_at_ms + 999) / 1000;
-        let run_at = u64::try_from(due_secs).unwrap_or(0) + EXPIRY_SLACK_SECS;
         let task = TaskBuilder::new(ExpireHold { hold_ids })
-            .run_at_timestamp(run_at)
+            .run_at_timestamp(due_at(expires_at_ms))
             // A hold is in one job only, so its first hold names the job.
             .idempotency_key(format!("expire-holds-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
@@ -122,6 +122,25 @@ impl JobQueue {
         let result = in_turn(db, self.check.push(task)).await;
         report("CheckPendingWebhook", hold_id, result);
     }
+
+    /// Asks the worker to make the order of the paid hold `hold_id` if none exists by the
+    /// time it would have expired (`expires_at_ms`), and to apply its payments.
+    pub async fn complete_paid_hold(&self, db: &Db, hold_id: i64, expires_at_ms: i64) {
+        let task = TaskBuilder::new(CheckPendingWebhook { hold_id })
+            .run_at_timestamp(due_at(expires_at_ms))
+            .idempotency_key(format!("complete-paid-hold-{hold_id}"))
+            .max_attempts(MAX_ATTEMPTS)
+            .build();
+        let result = in_turn(db, self.check.push(task)).await;
+        report("CheckPendingWebhook", hold_id, result);
+    }
+}
+
+/// When a job due at `at_ms` is scheduled, in Unix seconds: apalis schedules in whole
+/// seconds and may start a job up to a second early.
+fn due_at(at_ms: i64) -> u64 {
+    let due_secs = (at_ms + 999) / 1000;
+    u64::try_from(due_secs).unwrap_or(0) + EXPIRY_SLACK_SECS
 }
 
 /// The storage of job `J` in this database's back end. The two back ends' storages are

@@ -12,11 +12,13 @@ pub mod error;
 pub mod hold_groups;
 pub mod holds;
 pub mod jobs;
+pub mod letting_go;
 pub mod locks;
 pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod products;
+pub mod refunds;
 pub mod sales;
 pub mod settlement;
 pub mod stock;
@@ -83,7 +85,7 @@ impl Service {
     }
 
     /// How long a pending order may wait for its payment, in milliseconds.
-    fn order_payment_ttl_ms(&self) -> i64 {
+    pub(crate) fn order_payment_ttl_ms(&self) -> i64 {
         i64::try_from(self.rules.order_payment_ttl_secs).expect("bounded by config") * 1000
     }
 }

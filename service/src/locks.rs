@@ -58,6 +58,31 @@ impl Service {
             .map(|found| found.map(|(txn, h, _)| (txn, h)))
     }
 
+    /// Begins a write transaction holding what a change to order `order_id` needs, locked
+    /// in the global order: its product's row, its hold's, then its own. `None`: no such
+    /// order.
+    pub(crate) async fn begin_on_order(
+        &self,
+        order_id: i64,
+    ) -> Result<Option<(WriteTxn, hold::Model, order::Model)>> {
+        // An order's product and hold never change, so they can be read before the locks.
+        let Some(o) = order::Entity::find_by_id(order_id)
+            .one(&self.db.conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_write().await?;
+        lock_product(&*txn, o.product_id).await?;
+        let h = lock_hold(&*txn, o.hold_id)
+            .await?
+            .expect("holds are never deleted");
+        let o = lock_order_of_hold(&*txn, o.hold_id)
+            .await?
+            .expect("orders are never deleted");
+        Ok(Some((txn, h, o)))
+    }
+
     /// [`begin_on_hold`](Self::begin_on_hold), locking the product only when
     /// `needs_product` says so of the hold as read before the locks. A change that cannot
     /// touch stock skips the product row, which every hold of a hot product contends for;

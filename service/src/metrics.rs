@@ -18,7 +18,8 @@ pub struct Metrics {
     pub http_latency: HistogramVec,
     /// Hold requests by outcome (created, rejected, expired).
     pub holds: IntCounterVec,
-    /// Order transitions made by this process.
+    /// Order transitions made by this process (created, paid, cancelled, and
+    /// cancelled_by_buyer for the cancellations a buyer asked for).
     pub orders: IntCounterVec,
     /// Orders in the database by status, set when `GET /metrics` is read.
     pub orders_by_status: IntGaugeVec,
@@ -30,6 +31,10 @@ pub struct Metrics {
     pub refund_required: IntCounter,
     /// Worker job runs by job and result.
     pub jobs: IntCounterVec,
+    /// Changes of a product's `total_stock` by the operator, by direction.
+    pub restocks: IntCounterVec,
+    /// Refunds listed to the operator and resolved by them.
+    pub refunds: IntCounterVec,
     /// Hold requests reserved together in one transaction.
     pub hold_group_size: Histogram,
 }
@@ -96,7 +101,8 @@ impl Metrics {
             holds: counter(
                 r,
                 "holds_total",
-                "Hold requests by outcome (created, rejected, expired)",
+                "Hold requests and hold ends by outcome (created, rejected, sale_closed, \
+                 customer_limit, expired, released)",
                 &["outcome"],
             ),
             orders: counter(
@@ -119,6 +125,18 @@ impl Metrics {
                 "jobs_total",
                 "Worker job runs by job and result",
                 &["job", "result"],
+            ),
+            restocks: counter(
+                r,
+                "restocks_total",
+                "Changes of a product's total stock by the operator (up, down)",
+                &["direction"],
+            ),
+            refunds: counter(
+                r,
+                "refunds_total",
+                "Refunds listed to the operator and resolved (listed, resolved)",
+                &["event"],
             ),
             hold_group_size: hold_group_size(r),
             registry,

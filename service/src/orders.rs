@@ -16,6 +16,7 @@ use super::{
     locks::lock_hold,
     now_ms,
     sales::{CustomerId, may_see},
+    settlement::is_lapsed,
     stock::order_hold,
 };
 use crate::{Error, Result, metrics::metrics};
@@ -60,15 +61,22 @@ pub struct OrderView {
     pub created_at_ms: i64,
 }
 
-impl From<order::Model> for OrderView {
-    fn from(o: order::Model) -> Self {
+impl OrderView {
+    /// The view of `o`; `cancelled`: cancelled in every respect whatever its stored status
+    /// says (its payment deadline passed, see [`is_lapsed`], or it was just cancelled).
+    pub(crate) fn current(o: order::Model, cancelled: bool) -> Self {
+        let status = if cancelled {
+            OrderState::Cancelled
+        } else {
+            o.status.into()
+        };
         Self {
             id: o.id,
             hold_id: o.hold_id,
             product_id: o.product_id,
             qty: o.qty,
             total_cents: o.total_cents,
-            status: o.status.into(),
+            status,
             created_at_ms: o.created_at_ms,
         }
     }
@@ -92,19 +100,31 @@ impl Service {
         };
         // The clock is read under the lock, so time spent waiting counts against the hold.
         let now = now_ms();
-        if h.status == HoldStatus::Ordered {
-            let existing = order::Entity::find()
-                .filter(order::Column::HoldId.eq(hold_id))
-                .one(&*txn)
-                .await?
-                .expect("an ordered hold has an order");
-            txn.rollback().await?;
-            metrics().replays.with_label_values(&["order"]).inc();
-            return Ok((existing.into(), true));
-        }
-        if h.status == HoldStatus::Expired || is_overdue(&h, now) {
-            txn.rollback().await?;
-            return Err(Error::HoldExpired(hold_id));
+        match h.status {
+            HoldStatus::Ordered => {
+                let existing = order::Entity::find()
+                    .filter(order::Column::HoldId.eq(hold_id))
+                    .one(&*txn)
+                    .await?
+                    .expect("an ordered hold has an order");
+                txn.rollback().await?;
+                metrics().replays.with_label_values(&["order"]).inc();
+                let lapsed = is_lapsed(&existing, &h, now, self.order_payment_ttl_ms());
+                return Ok((OrderView::current(existing, lapsed), true));
+            }
+            HoldStatus::Released => {
+                txn.rollback().await?;
+                return Err(Error::HoldReleased(hold_id));
+            }
+            HoldStatus::Expired => {
+                txn.rollback().await?;
+                return Err(Error::HoldExpired(hold_id));
+            }
+            HoldStatus::Active if is_overdue(&h, now) => {
+                txn.rollback().await?;
+                return Err(Error::HoldExpired(hold_id));
+            }
+            HoldStatus::Active => {}
         }
         let o = insert_order(&*txn, &h, now).await?;
         // Webhooks for this hold take its lock too, so a payment recorded before this order
@@ -123,7 +143,7 @@ impl Service {
         }
         metrics().orders.with_label_values(&["created"]).inc();
         tracing::debug!(order_id = o.id, hold_id = h.id, "order created");
-        Ok((o.into(), false))
+        Ok((OrderView::current(o, false), false))
     }
 
     /// Number of orders in each status, every status listed.
@@ -152,18 +172,30 @@ impl Service {
     /// Order `id`, if `caller` may see it: a customer's order is theirs alone, and to
     /// anyone else it does not exist.
     pub async fn order(&self, id: i64, caller: Option<&CustomerId>) -> Result<OrderView> {
-        order::Entity::find_by_id(id)
+        let o = order::Entity::find_by_id(id)
             .one(&self.db.conn)
             .await?
             .filter(|o| may_see(o.customer_id.as_deref(), caller))
-            .map(Into::into)
-            .ok_or(Error::OrderNotFound(id))
+            .ok_or(Error::OrderNotFound(id))?;
+        let now = now_ms();
+        let ttl = self.order_payment_ttl_ms();
+        // Only an order past its deadline needs its hold: a payment recorded first wins.
+        let lapsed = if o.status == OrderStatus::Pending && o.created_at_ms + ttl <= now {
+            let h = hold::Entity::find_by_id(o.hold_id)
+                .one(&self.db.conn)
+                .await?
+                .expect("an order's hold exists");
+            is_lapsed(&o, &h, now, ttl)
+        } else {
+            false
+        };
+        Ok(OrderView::current(o, lapsed))
     }
 }
 
 /// Inserts the pending order of the active hold `h`, locked by the caller, and marks the
 /// hold ordered.
-async fn insert_order(
+pub(crate) async fn insert_order(
     conn: &impl ConnectionTrait,
     h: &hold::Model,
     now_ms: i64,

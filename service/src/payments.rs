@@ -20,8 +20,8 @@ use super::{
     locks::lock_order_of_hold,
     now_ms, request_hash,
     settlement::{
-        Candidate, end_orderless_hold, outcome_unapplied, record_outcomes, settle,
-        unapplied_payments,
+        Candidate, Ledger, Verdict, end_orderless_hold, is_lapsed, reason_without_order,
+        record_verdicts, settle, unapplied_payments,
     },
     validate_idempotency_key,
 };
@@ -176,14 +176,32 @@ impl Service {
 
     /// Records `event`, first under its hold's locks, and applies it when it can.
     async fn record_payment(&self, event: &PaymentEvent, hash: String) -> Result<WebhookReply> {
-        // Lock order: product, hold, order. The product is locked because a failed payment
-        // or an overdue hold gives stock back. A `paid` event for an ordered hold never
-        // does (a `paid` wins the settlement, and `ordered` is final), so it skips the
-        // product's lock: on a hot product that lock is the bottleneck. NO KEY UPDATE
-        // everywhere: foreign-key checks of concurrent inserts take KEY SHARE, which FOR
-        // UPDATE would block (a deadlock).
+        match self.record_payment_locked(event, &hash, false).await? {
+            Recorded::Reply(reply) => Ok(reply),
+            // The order's deadline passed: cancelling it gives stock back.
+            Recorded::NeedsProduct => match self.record_payment_locked(event, &hash, true).await? {
+                Recorded::Reply(reply) => Ok(reply),
+                Recorded::NeedsProduct => unreachable!("the product was locked"),
+            },
+        }
+    }
+
+    /// [`record_payment`](Self::record_payment) in one transaction, the product locked when
+    /// `lock_product` says so or the event may give stock back.
+    async fn record_payment_locked(
+        &self,
+        event: &PaymentEvent,
+        hash: &str,
+        lock_product: bool,
+    ) -> Result<Recorded> {
+        // Lock order: product, hold, order. The product is locked because a failed payment,
+        // an overdue hold or an order past its deadline gives stock back. A `paid` event for
+        // an ordered hold does so only when the order's deadline has passed (found under
+        // the locks, then retried with the product's), so it skips the product's lock: on a
+        // hot product that lock is the bottleneck. NO KEY UPDATE everywhere: foreign-key
+        // checks of concurrent inserts take KEY SHARE, which FOR UPDATE would block.
         let needs_product = |h: &hold::Model| {
-            event.status != PaymentStatus::Paid || h.status != HoldStatus::Ordered
+            lock_product || event.status != PaymentStatus::Paid || h.status != HoldStatus::Ordered
         };
         let Some((txn, h, product_locked)) =
             self.begin_on_hold_if(event.hold_id, needs_product).await?
@@ -198,12 +216,19 @@ impl Service {
         // The clock is read under the locks: a hold that expired while we waited is expired.
         let now = now_ms();
         // Concurrent deliveries of one key queue on the locks above; the first has committed.
-        if let Some(reply) = replay(&*txn, &event.idempotency_key, &hash).await? {
+        if let Some(reply) = replay(&*txn, &event.idempotency_key, hash).await? {
             txn.rollback().await?;
-            return Ok(reply);
+            return Ok(Recorded::Reply(reply));
         }
         let decision = match lock_order_of_hold(&*txn, h.id).await? {
-            Some(o) => decide_with_order(&*txn, event, &o, now).await?,
+            Some(o) => {
+                let lapsed = is_lapsed(&o, &h, now, self.order_payment_ttl_ms());
+                if lapsed && !product_locked {
+                    txn.rollback().await?;
+                    return Ok(Recorded::NeedsProduct);
+                }
+                decide_with_order(&*txn, event, &o, lapsed, now).await?
+            }
             None => decide_without_order(&*txn, event, &h, now).await?,
         };
         assert!(
@@ -211,44 +236,60 @@ impl Service {
             "stock released without the product lock"
         );
         let reply = decision.reply(event);
-        store_payment(&*txn, event, hash, &decision, &reply, now).await?;
-        let view_changed = decision.stock_released || decision.view_changed;
+        store_payment(&*txn, event, hash.to_owned(), &decision, &reply, now).await?;
+        let view_changed = decision.stock_released || decision.pinned;
         self.commit_changing(txn, view_changed.then_some(h.product_id))
             .await?;
+        if decision.pinned {
+            // If no order comes before the hold would have expired, the worker makes it.
+            self.jobs
+                .complete_paid_hold(&self.db, h.id, h.expires_at_ms)
+                .await;
+        }
         count_webhook(event, &decision, &reply.body);
-        Ok(reply)
+        Ok(Recorded::Reply(reply))
     }
+}
+
+/// How recording an event in one transaction ended.
+enum Recorded {
+    /// Recorded (or replayed): the answer.
+    Reply(WebhookReply),
+    /// Nothing done: the event cancels an order past its deadline, which gives stock back
+    /// and needs the product's lock.
+    NeedsProduct,
 }
 
 /// What an arriving event comes to, decided under the locks before anything is stored.
 struct Decision {
     /// `None`: it waits for the hold's order.
-    outcome: Option<PaymentOutcome>,
-    /// The order it was settled against, if any.
-    order_id: Option<i64>,
+    verdict: Option<Verdict>,
+    /// The order it was settled against and what a refund of it is worth.
+    ledger: Ledger,
     /// The answer's `status`: the event's, or for `ignored` the order's.
     shown_status: String,
     /// Units went back to the product.
     stock_released: bool,
-    /// The product's public view changed without stock moving (a hold was pinned).
-    view_changed: bool,
+    /// The event pinned its hold: it no longer expires, and the product's public view
+    /// changed without stock moving.
+    pinned: bool,
 }
 
 impl Decision {
     /// The first answer to `event`.
     fn reply(&self, event: &PaymentEvent) -> WebhookReply {
-        let outcome = match self.outcome {
+        let outcome = match self.verdict {
             Some(_) => WebhookOutcome::Settled,
             None => WebhookOutcome::AwaitingOrder,
         };
         let body = WebhookBody {
             idempotency_key: event.idempotency_key.clone(),
             hold_id: event.hold_id,
-            order_id: self.order_id,
+            order_id: self.ledger.order_id,
             status: self.shown_status.clone(),
             state: self
-                .outcome
-                .map_or_else(|| "awaiting_order".to_owned(), |o| o.to_value()),
+                .verdict
+                .map_or_else(|| "awaiting_order".to_owned(), |v| v.outcome.to_value()),
         };
         WebhookReply {
             outcome,
@@ -259,11 +300,13 @@ impl Decision {
 }
 
 /// Settles `event` against its hold's order, along with the events recorded before the
-/// order existed (they are older, so they come first).
+/// order existed (they are older, so they come first). `lapsed`: the order's payment
+/// deadline has passed.
 async fn decide_with_order(
     conn: &impl ConnectionTrait,
     event: &PaymentEvent,
     o: &order::Model,
+    lapsed: bool,
     now: i64,
 ) -> Result<Decision> {
     let mut candidates = unapplied_payments(conn, o.hold_id).await?;
@@ -271,19 +314,23 @@ async fn decide_with_order(
         key: event.idempotency_key.clone(),
         status: event.status,
     });
-    let settled = settle(conn, o, &candidates, now).await?;
-    let (new, earlier) = settled.outcomes.split_last().expect("the new event");
-    record_outcomes(conn, &candidates, earlier, Some(o.id), now).await?;
-    let shown_status = match new {
+    let settled = settle(conn, o, &candidates, lapsed, now).await?;
+    let (new, earlier) = settled.verdicts.split_last().expect("the new event");
+    let ledger = Ledger {
+        order_id: Some(o.id),
+        value_cents: o.total_cents,
+    };
+    record_verdicts(conn, &candidates, earlier, ledger, now).await?;
+    let shown_status = match new.outcome {
         PaymentOutcome::Ignored => settled.order_status.to_value(),
         _ => event.status.to_value(),
     };
     Ok(Decision {
-        outcome: Some(*new),
-        order_id: Some(o.id),
+        verdict: Some(*new),
+        ledger,
         shown_status,
         stock_released: settled.stock_released,
-        view_changed: false,
+        pinned: false,
     })
 }
 
@@ -302,23 +349,28 @@ async fn decide_without_order(
         h.id
     );
     let mut decision = Decision {
-        outcome: None,
-        order_id: None,
+        verdict: None,
+        ledger: Ledger {
+            order_id: None,
+            value_cents: 0,
+        },
         shown_status: event.status.to_value(),
         stock_released: false,
-        view_changed: false,
+        pinned: false,
     };
-    if h.status == HoldStatus::Expired || is_overdue(h, now) {
-        decision.stock_released = end_orderless_hold(conn, h).await?;
-        decision.outcome = Some(outcome_unapplied(event.status));
-    } else if event.status == PaymentStatus::Paid && h.paid_at_ms.is_some() {
-        // A second successful charge for one hold: a double charge.
-        decision.outcome = Some(outcome_unapplied(event.status));
+    let no_order_ever =
+        matches!(h.status, HoldStatus::Expired | HoldStatus::Released) || is_overdue(h, now);
+    // A second successful charge for one hold is a double charge.
+    let double_charge = event.status == PaymentStatus::Paid && h.paid_at_ms.is_some();
+    if no_order_ever || double_charge {
+        decision.stock_released = no_order_ever && end_orderless_hold(conn, h).await?;
+        decision.verdict = Some(Verdict::unapplied(event.status, reason_without_order(h)));
+        decision.ledger = Ledger::of_hold(conn, h).await?;
     } else if event.status == PaymentStatus::Paid {
         pin_paid_hold(conn, h.id, now).await?;
         // A pinned hold never becomes free, but a read after its expiry and before this
         // commit counted it so.
-        decision.view_changed = true;
+        decision.pinned = true;
     }
     Ok(decision)
 }
@@ -339,10 +391,16 @@ async fn store_payment(
         request_hash: Set(hash),
         response_status: Set(reply.outcome.to_stored()),
         response_body: Set(serde_json::to_string(&reply.body).expect("serialisable")),
-        outcome: Set(decision.outcome),
-        order_id: Set(decision.order_id),
-        applied_at_ms: Set(decision.outcome.map(|_| now)),
+        outcome: Set(decision.verdict.map(|v| v.outcome)),
+        order_id: Set(decision.ledger.order_id),
+        applied_at_ms: Set(decision.verdict.map(|_| now)),
         created_at_ms: Set(now),
+        refund_reason: Set(decision.verdict.and_then(|v| v.reason)),
+        refund_cents: Set(decision
+            .verdict
+            .and_then(|v| v.reason)
+            .map(|_| decision.ledger.value_cents)),
+        resolved_at_ms: Set(None),
     }
     .insert(conn)
     .await?;
@@ -353,12 +411,13 @@ async fn store_payment(
 fn count_webhook(event: &PaymentEvent, decision: &Decision, body: &WebhookBody) {
     let m = metrics();
     m.webhooks.with_label_values(&[body.state.as_str()]).inc();
-    if decision.outcome == Some(PaymentOutcome::RefundRequired) {
+    if let Some(reason) = decision.verdict.and_then(|v| v.reason) {
         m.refund_required.inc();
         tracing::warn!(
             idempotency_key = %event.idempotency_key,
             hold_id = event.hold_id,
-            order_id = decision.order_id,
+            order_id = decision.ledger.order_id,
+            reason = %reason.to_value(),
             "payment cannot be honoured: refund required"
         );
     }

@@ -3,11 +3,18 @@
 use std::time::Instant;
 
 use entity::product;
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, Unchanged,
+};
 
 use super::{
-    Service, now_ms,
+    Service,
+    db::WriteTxn,
+    locks::lock_product,
+    now_ms,
     sales::{SaleSettings, SaleState},
+    stock::{free_again, reclaim_overdue_holds, reclaim_overdue_orders, restock},
 };
 use crate::{Error, Result};
 
@@ -75,38 +82,103 @@ impl NewProduct {
         total_stock: i64,
         sale: SaleSettings,
     ) -> Result<Self> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-            return Err(Error::validation(
-                "name",
-                format!("must be 1 to {MAX_NAME_CHARS} characters long"),
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(Error::validation(
-                "name",
-                "must not contain control characters",
-            ));
-        }
-        if !(0..=MAX_PRICE_CENTS).contains(&price_cents) {
-            return Err(Error::validation(
-                "price_cents",
-                format!("must be between 0 and {MAX_PRICE_CENTS}"),
-            ));
-        }
-        if !(0..=MAX_TOTAL_STOCK).contains(&total_stock) {
-            return Err(Error::validation(
-                "total_stock",
-                format!("must be between 0 and {MAX_TOTAL_STOCK}"),
-            ));
-        }
         Ok(Self {
-            name: name.to_owned(),
-            price_cents,
-            total_stock,
+            name: parse_name(name)?,
+            price_cents: check_price(price_cents)?,
+            total_stock: check_total_stock(total_stock)?,
             sale,
         })
     }
+}
+
+/// A product's name: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no control characters.
+fn parse_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::validation(
+            "name",
+            format!("must be 1 to {MAX_NAME_CHARS} characters long"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::validation(
+            "name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// A unit price: 0 to [`MAX_PRICE_CENTS`].
+fn check_price(price_cents: i64) -> Result<i64> {
+    if !(0..=MAX_PRICE_CENTS).contains(&price_cents) {
+        return Err(Error::validation(
+            "price_cents",
+            format!("must be between 0 and {MAX_PRICE_CENTS}"),
+        ));
+    }
+    Ok(price_cents)
+}
+
+/// A product's stock: 0 to [`MAX_TOTAL_STOCK`].
+fn check_total_stock(total_stock: i64) -> Result<i64> {
+    if !(0..=MAX_TOTAL_STOCK).contains(&total_stock) {
+        return Err(Error::validation(
+            "total_stock",
+            format!("must be between 0 and {MAX_TOTAL_STOCK}"),
+        ));
+    }
+    Ok(total_stock)
+}
+
+/// An operator's change to a product: `None` leaves a field as it is; for the sale
+/// settings, `Some(None)` clears one.
+#[derive(Debug, Default)]
+pub struct ProductChange {
+    /// A new name.
+    pub name: Option<String>,
+    /// A new unit price, for orders made from now on.
+    pub price_cents: Option<i64>,
+    /// A new stock: `available` changes by as much.
+    pub total_stock: Option<i64>,
+    /// A new start of the sale (Unix milliseconds), or none.
+    pub sale_starts_at_ms: Option<Option<i64>>,
+    /// A new end of the sale (Unix milliseconds), or none.
+    pub sale_ends_at_ms: Option<Option<i64>>,
+    /// A new limit per customer, or none.
+    pub max_per_customer: Option<Option<i64>>,
+}
+
+impl ProductChange {
+    /// Checks the fields given against the bounds a new product's have.
+    pub fn parse(mut self) -> Result<Self> {
+        self.name = self.name.as_deref().map(parse_name).transpose()?;
+        self.price_cents = self.price_cents.map(check_price).transpose()?;
+        self.total_stock = self.total_stock.map(check_total_stock).transpose()?;
+        Ok(self)
+    }
+
+    /// The sale settings of `p` with this change applied, checked as a whole (the end
+    /// after the start). A limit needs customers to count only when this change sets one.
+    fn sale_of(&self, p: &product::Model, customers_known: bool) -> Result<SaleSettings> {
+        let now = SaleSettings::of(p);
+        let sets_limit = matches!(self.max_per_customer, Some(Some(_)));
+        SaleSettings::parse(
+            self.sale_starts_at_ms.unwrap_or(now.starts_at_ms),
+            self.sale_ends_at_ms.unwrap_or(now.ends_at_ms),
+            self.max_per_customer.unwrap_or(now.max_per_customer),
+            customers_known || !sets_limit,
+        )
+    }
+}
+
+/// A page of products in id order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProductPage {
+    /// The products, their ids above the cursor.
+    pub items: Vec<ProductView>,
+    /// The cursor of the next page; `None` on the last one.
+    pub next_after: Option<i64>,
 }
 
 impl Service {
@@ -131,6 +203,106 @@ impl Service {
         Ok(ProductView::of(model, available))
     }
 
+    /// Applies the operator's `change` to product `id`, under its row lock: `total_stock`
+    /// and `available` change together, and a reduction larger than the units free now
+    /// (counting overdue holds and orders as free) is refused with nothing changed.
+    /// `customers_known`: a customer key is configured, so a limit can be set.
+    pub async fn update_product(
+        &self,
+        id: i64,
+        change: ProductChange,
+        customers_known: bool,
+    ) -> Result<ProductView> {
+        let txn = self.db.begin_write().await?;
+        let Some(p) = lock_product(&*txn, id).await? else {
+            txn.rollback().await?;
+            return Err(Error::ProductNotFound(id));
+        };
+        if let Err(refused) = self.change_locked(&txn, &p, &change, customers_known).await {
+            txn.rollback().await?;
+            return Err(refused);
+        }
+        self.commit_changing(txn, Some(id)).await?;
+        self.sales.forget(id);
+        tracing::info!(product_id = id, ?change, "product changed");
+        self.product(id).await
+    }
+
+    /// The writes of [`update_product`](Self::update_product) once `p` is locked.
+    async fn change_locked(
+        &self,
+        txn: &WriteTxn,
+        p: &product::Model,
+        change: &ProductChange,
+        customers_known: bool,
+    ) -> Result<()> {
+        let sale = change.sale_of(p, customers_known)?;
+        if let Some(total) = change.total_stock {
+            self.make_room(txn, p, p.total_stock - total).await?;
+            restock(&**txn, p, total).await?;
+        }
+        product::ActiveModel {
+            id: Unchanged(p.id),
+            name: Set(change.name.clone().unwrap_or_else(|| p.name.clone())),
+            price_cents: Set(change.price_cents.unwrap_or(p.price_cents)),
+            sale_starts_at_ms: Set(sale.starts_at_ms),
+            sale_ends_at_ms: Set(sale.ends_at_ms),
+            max_per_customer: Set(sale.max_per_customer),
+            ..Default::default()
+        }
+        .update(&**txn)
+        .await?;
+        Ok(())
+    }
+
+    /// Makes sure `removed` units of `p` (locked) can be taken out of `available`: when
+    /// they are more than it has, overdue holds and orders are reclaimed first; more than
+    /// that is 409 `stock_committed`.
+    async fn make_room(&self, txn: &WriteTxn, p: &product::Model, removed: i64) -> Result<()> {
+        if removed <= p.available {
+            return Ok(());
+        }
+        let now = now_ms();
+        let cutoff = now - self.order_payment_ttl_ms();
+        let free = free_again(&**txn, &[p.id], now, cutoff).await?;
+        let removable = p.available + free.get(&p.id).copied().unwrap_or(0);
+        if removed > removable {
+            return Err(Error::StockCommitted {
+                product_id: p.id,
+                removable,
+            });
+        }
+        reclaim_overdue_holds(&**txn, p.id, now).await?;
+        reclaim_overdue_orders(&**txn, p.id, cutoff, now).await?;
+        Ok(())
+    }
+
+    /// Up to `limit` products with ids above `after`, in id order, as the public sees them.
+    pub async fn products(&self, after: i64, limit: u64) -> Result<ProductPage> {
+        let snapshot = self.db.begin_snapshot().await?;
+        let mut rows = product::Entity::find()
+            .filter(product::Column::Id.gt(after))
+            .order_by_asc(product::Column::Id)
+            .limit(limit + 1)
+            .all(&snapshot)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(usize::try_from(limit).expect("bounded by the API"));
+        let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
+        let now = now_ms();
+        let free = free_again(&snapshot, &ids, now, now - self.order_payment_ttl_ms()).await?;
+        snapshot.commit().await?;
+        let next_after = more.then(|| ids.last().copied()).flatten();
+        let items = rows
+            .into_iter()
+            .map(|p| {
+                let available = p.available + free.get(&p.id).copied().unwrap_or(0);
+                ProductView::of(p, available)
+            })
+            .collect();
+        Ok(ProductPage { items, next_after })
+    }
+
     /// Creates the demo product unless some product exists already.
     pub async fn seed_demo(&self) -> Result<Option<ProductView>> {
         if product::Entity::find().count(&self.db.conn).await? > 0 {
@@ -147,7 +319,9 @@ impl Service {
             Err(ticket) => {
                 let loaded_at = Instant::now();
                 let snapshot = self.db.begin_snapshot().await?;
-                let found = load_product_view(&snapshot, id, now_ms()).await?;
+                let now = now_ms();
+                let cutoff = now - self.order_payment_ttl_ms();
+                let found = load_product_view(&snapshot, id, now, cutoff).await?;
                 snapshot.commit().await?;
                 self.cache.put(ticket, found.clone(), loaded_at);
                 found
@@ -157,16 +331,18 @@ impl Service {
     }
 }
 
-/// Reads product `id` from the database, counting the stock of overdue holds as free.
+/// Reads product `id` from the database, counting the units of overdue holds, and of
+/// orders made at or before `cutoff_ms` and still unpaid, as free.
 pub async fn load_product_view(
     conn: &impl ConnectionTrait,
     id: i64,
     now_ms: i64,
+    cutoff_ms: i64,
 ) -> Result<Option<ProductView>> {
     let Some(p) = product::Entity::find_by_id(id).one(conn).await? else {
         return Ok(None);
     };
-    let overdue = crate::stock::overdue_hold_qty(conn, id, now_ms).await?;
-    let available = p.available + overdue;
+    let free = free_again(conn, &[id], now_ms, cutoff_ms).await?;
+    let available = p.available + free.get(&id).copied().unwrap_or(0);
     Ok(Some(ProductView::of(p, available)))
 }

@@ -293,23 +293,41 @@ impl Service {
 /// `$2` by [`counted_values`].
 pub(crate) const COUNTED_HOLD: &str =
     "status = $1 AND (expires_at_ms > $2 OR paid_at_ms IS NOT NULL)";
-/// What counts against a customer's limit, as a condition on an order's own columns: it is
-/// pending or paid. Its values are bound as `$3` and `$4` by [`counted_values`].
-pub(crate) const COUNTED_ORDER: &str = "status IN ($3, $4)";
+/// An order past its payment deadline, as a condition on the columns of `orders`: pending
+/// (`$3`), made at or before the cutoff (`$5`), and no payment recorded for its hold before
+/// it (that payment wins). The SQL of [`crate::stock::overdue_orders`].
+const OVERDUE_ORDER: &str = "status = $3 AND created_at_ms <= $5 AND NOT EXISTS \
+     (SELECT 1 FROM holds ph WHERE ph.id = orders.hold_id AND ph.paid_at_ms IS NOT NULL)";
+/// What counts against a customer's limit, as a condition on the columns of `orders`: it
+/// is paid (`$4`), or pending and not past its payment deadline.
+pub(crate) fn counted_order() -> String {
+    format!("(status = $4 OR (status = $3 AND NOT ({OVERDUE_ORDER})))")
+}
 
-/// The values of `$1` to `$4` in [`COUNTED_HOLD`] and [`COUNTED_ORDER`] at `now_ms`.
-pub(crate) fn counted_values(now_ms: i64) -> Vec<sea_orm::Value> {
+/// The values of `$1` to `$5` in [`COUNTED_HOLD`] and [`counted_order`] at `now_ms`, for
+/// orders made at or before `cutoff_ms` being past their deadline.
+pub(crate) fn counted_values(now_ms: i64, cutoff_ms: i64) -> Vec<sea_orm::Value> {
     vec![
         HoldStatus::Active.to_value().into(),
         now_ms.into(),
         OrderStatus::Pending.to_value().into(),
         OrderStatus::Paid.to_value().into(),
+        cutoff_ms.into(),
     ]
 }
 
+/// What [`customer_units`] found.
+pub struct Counted {
+    /// Units of each customer who has any.
+    pub units: HashMap<String, i64>,
+    /// Some of these customers have orders past their payment deadline, not counted.
+    pub overdue_orders: bool,
+}
+
 /// Units each of `customers` has of product `product_id` at `now_ms`: their holds that
-/// still reserve (active, and not past their expiry unless paid) plus their pending and
-/// paid orders. Customers with none are absent. The limit is decided by this count, and
+/// still reserve (active, and not past their expiry unless paid) plus their paid orders
+/// and pending ones made after `cutoff_ms` (the others are past their payment deadline).
+/// Customers with none are absent. The limit is decided by this count, and
 /// [`crate::audit::limit_breaches`] counts every customer the same way. Runs inside the
 /// caller's transaction.
 pub async fn customer_units(
@@ -317,11 +335,13 @@ pub async fn customer_units(
     product_id: i64,
     customers: &[&str],
     now_ms: i64,
-) -> Result<HashMap<String, i64>> {
+    cutoff_ms: i64,
+) -> Result<Counted> {
     #[derive(FromQueryResult)]
     struct Units {
         customer_id: String,
         units: i64,
+        overdue: i64,
     }
     let backend = conn.get_database_backend();
     let customers = serde_json::to_string(customers).expect("strings serialise");
@@ -332,32 +352,41 @@ pub async fn customer_units(
     // on a table that grew since it was last analyzed (the first minute of a sale), and
     // either would otherwise risk reading every active hold once per customer.
     let customers_of = match backend {
-        DbBackend::Postgres => "json_array_elements_text($6::json)",
-        _ => "json_each($6)",
+        DbBackend::Postgres => "json_array_elements_text($7::json)",
+        _ => "json_each($7)",
+    };
+    let counted_order = counted_order();
+    let of_customer = |what: &str, table: &str| {
+        format!(
+            "(SELECT COALESCE(SUM(CASE WHEN product_id = $6 AND {what} THEN qty END), 0) \
+              FROM {table} WHERE customer_id = c.customer_id)"
+        )
     };
     let sql = format!(
-        "SELECT c.customer_id AS customer_id, CAST( \
-           (SELECT COALESCE(SUM(CASE WHEN product_id = $5 AND {COUNTED_HOLD} THEN qty END), 0) \
-             FROM holds WHERE customer_id = c.customer_id) \
-           + (SELECT COALESCE(SUM(CASE WHEN product_id = $5 AND {COUNTED_ORDER} THEN qty END), 0) \
-             FROM orders WHERE customer_id = c.customer_id) \
-           AS BIGINT) AS units \
-         FROM (SELECT DISTINCT value AS customer_id FROM {customers_of}) AS c"
+        "SELECT c.customer_id AS customer_id, \
+           CAST({} + {} AS BIGINT) AS units, CAST({} AS BIGINT) AS overdue \
+         FROM (SELECT DISTINCT value AS customer_id FROM {customers_of}) AS c",
+        of_customer(COUNTED_HOLD, "holds"),
+        of_customer(&counted_order, "orders"),
+        of_customer(OVERDUE_ORDER, "orders"),
     );
     if backend == DbBackend::Postgres {
         // A plan for this execution: one cached while the table was small would seq-scan.
         conn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
             .await?;
     }
-    let mut values = counted_values(now_ms);
+    let mut values = counted_values(now_ms, cutoff_ms);
     values.extend([product_id.into(), customers.into()]);
     let stmt = Statement::from_sql_and_values(backend, sql, values);
     let rows = Units::find_by_statement(stmt).all(conn).await?;
-    Ok(rows
-        .into_iter()
-        .filter(|u| u.units > 0)
-        .map(|u| (u.customer_id, u.units))
-        .collect())
+    Ok(Counted {
+        overdue_orders: rows.iter().any(|u| u.overdue > 0),
+        units: rows
+            .into_iter()
+            .filter(|u| u.units > 0)
+            .map(|u| (u.customer_id, u.units))
+            .collect(),
+    })
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
-//! Every move of stock: take, release, reclaim, expire. Each runs inside the caller's
-//! transaction, which already holds the product's lock (see [`crate::locks`]), and keeps
-//! `total_stock = available + held + ordered` true when it commits.
+//! Every move of stock: take, release, reclaim, expire, let go, restock. Each runs inside
+//! the caller's transaction, which already holds the product's lock (see [`crate::locks`]),
+//! and keeps `total_stock = available + held + ordered` true when it commits.
+
+use std::collections::HashMap;
 
 use entity::{
     hold::{self, HoldStatus},
+    order::{self, OrderStatus},
     product,
 };
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, UpdateMany,
-    sea_query::{Alias, Expr, ExprTrait, Func},
+    sea_query::{Alias, Expr, ExprTrait, Func, Query},
 };
 
 use crate::{Result, metrics::metrics};
@@ -70,25 +73,122 @@ pub fn overdue(now_ms: i64) -> sea_orm::Condition {
         .add(hold::Column::PaidAtMs.is_null())
 }
 
-/// Units held by overdue holds of `product_id`.
-pub async fn overdue_hold_qty(
+/// Conditions of an order that still says `pending` but is cancelled in every respect: it
+/// was created at or before `cutoff_ms` (its payment deadline has passed) and no payment
+/// was recorded for its hold before it existed (such a payment wins when it is applied).
+pub fn overdue_orders(cutoff_ms: i64) -> sea_orm::Condition {
+    let paid_early = Query::select()
+        .expr(Expr::val(1))
+        .from(hold::Entity)
+        .and_where(
+            Expr::col((hold::Entity, hold::Column::Id))
+                .equals((order::Entity, order::Column::HoldId)),
+        )
+        .and_where(Expr::col((hold::Entity, hold::Column::PaidAtMs)).is_not_null())
+        .to_owned();
+    sea_orm::Condition::all()
+        .add(order::Column::Status.eq(OrderStatus::Pending))
+        .add(order::Column::CreatedAtMs.lte(cutoff_ms))
+        .add(Expr::exists(paid_early).not())
+}
+
+/// `SUM(qty)` as a BIGINT: SUM(bigint) is NUMERIC on PostgreSQL, cast back so that it
+/// decodes as i64 on both back ends.
+fn sum_qty(qty: impl sea_orm::IntoSimpleExpr) -> Expr {
+    Expr::from(Func::cast_as(
+        Func::sum(qty.into_simple_expr()),
+        Alias::new("BIGINT"),
+    ))
+}
+
+/// Units of each of `product_ids` that still count as held or ordered in the stored data
+/// but are free in every respect at `now_ms`: those of overdue holds, and of orders made at
+/// or before `cutoff_ms` and still unpaid (see [`overdue_orders`]). Products with none are
+/// absent.
+pub async fn free_again(
+    conn: &impl ConnectionTrait,
+    product_ids: &[i64],
+    now_ms: i64,
+    cutoff_ms: i64,
+) -> Result<HashMap<i64, i64>> {
+    let holds: Vec<(i64, Option<i64>)> = hold::Entity::find()
+        .select_only()
+        .column(hold::Column::ProductId)
+        .column_as(sum_qty(hold::Column::Qty), "qty")
+        .filter(overdue(now_ms))
+        .filter(hold::Column::ProductId.is_in(product_ids.to_vec()))
+        .group_by(hold::Column::ProductId)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let orders: Vec<(i64, Option<i64>)> = order::Entity::find()
+        .select_only()
+        .column(order::Column::ProductId)
+        .column_as(sum_qty(order::Column::Qty), "qty")
+        .filter(overdue_orders(cutoff_ms))
+        .filter(order::Column::ProductId.is_in(product_ids.to_vec()))
+        .group_by(order::Column::ProductId)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let mut free = HashMap::new();
+    for (product_id, qty) in holds.into_iter().chain(orders) {
+        *free.entry(product_id).or_default() += qty.unwrap_or(0);
+    }
+    Ok(free)
+}
+
+/// Marks the overdue orders of `product_id` (created at or before `cutoff_ms`, see
+/// [`overdue_orders`]) cancelled and gives their units back. Returns the units given back.
+/// The caller holds the product's lock; the orders' rows are locked by this update (the
+/// lock order allows skipping the holds). A payment applied concurrently makes its order
+/// `paid` first, and the update then passes over it.
+pub async fn reclaim_overdue_orders(
     conn: &impl ConnectionTrait,
     product_id: i64,
+    cutoff_ms: i64,
     now_ms: i64,
 ) -> Result<i64> {
-    // SUM(bigint) is NUMERIC on PostgreSQL: cast it back so it decodes as i64 on both back ends.
-    let sum = Expr::from(Func::cast_as(
-        Func::sum(Expr::col(hold::Column::Qty)),
-        Alias::new("BIGINT"),
-    ));
-    let total: Option<Option<i64>> = hold::Entity::find()
-        .select_only()
-        .column_as(sum, "qty")
-        .filter(overdue_holds(product_id, now_ms))
-        .into_tuple()
-        .one(conn)
+    let cancelled = order::Entity::update_many()
+        .col_expr(
+            order::Column::Status,
+            Expr::value(OrderStatus::Cancelled.to_value()),
+        )
+        .col_expr(order::Column::UpdatedAtMs, Expr::value(now_ms))
+        .filter(order::Column::ProductId.eq(product_id))
+        .filter(overdue_orders(cutoff_ms))
+        .exec_with_returning(conn)
         .await?;
-    Ok(total.flatten().unwrap_or(0))
+    let units: i64 = cancelled.iter().map(|o| o.qty).sum();
+    metrics()
+        .orders
+        .with_label_values(&["cancelled"])
+        .inc_by(cancelled.len() as u64);
+    if units > 0 {
+        release_stock(conn, product_id, units).await?;
+    }
+    Ok(units)
+}
+
+/// Changes product `p`'s `total_stock` to `total` and its `available` by the same amount.
+/// The caller holds the product's lock and has checked that `available` stays >= 0.
+pub async fn restock(conn: &impl ConnectionTrait, p: &product::Model, total: i64) -> Result<()> {
+    let delta = total - p.total_stock;
+    let res = product::Entity::update_many()
+        .col_expr(product::Column::TotalStock, Expr::value(total))
+        .col_expr(
+            product::Column::Available,
+            Expr::col(product::Column::Available).add(delta),
+        )
+        .filter(product::Column::Id.eq(p.id))
+        .exec(conn)
+        .await?;
+    assert_eq!(res.rows_affected, 1, "product {} vanished", p.id);
+    let direction = if delta > 0 { "up" } else { "down" };
+    if delta != 0 {
+        metrics().restocks.with_label_values(&[direction]).inc();
+    }
+    Ok(())
 }
 
 /// Marks the overdue holds of `product_id` expired and returns their units to `available`.
@@ -143,6 +243,23 @@ pub async fn expire_hold(conn: &impl ConnectionTrait, h: &hold::Model) -> Result
     end_active_hold(conn, h.id, HoldStatus::Expired).await?;
     metrics().holds.with_label_values(&["expired"]).inc();
     release_stock(conn, h.product_id, h.qty).await
+}
+
+/// Marks the active hold `h` released by its buyer and gives its units back.
+pub async fn release_hold(conn: &impl ConnectionTrait, h: &hold::Model) -> Result<()> {
+    end_active_hold(conn, h.id, HoldStatus::Released).await?;
+    metrics().holds.with_label_values(&["released"]).inc();
+    release_stock(conn, h.product_id, h.qty).await
+}
+
+/// Marks the pending order `o` cancelled and gives its units back.
+pub async fn cancel_order(
+    conn: &impl ConnectionTrait,
+    o: &order::Model,
+    now_ms: i64,
+) -> Result<()> {
+    crate::settlement::finish_order(conn, o, OrderStatus::Cancelled, now_ms).await?;
+    release_stock(conn, o.product_id, o.qty).await
 }
 
 /// Marks the active hold `h` ordered: its units pass from the hold to its order, and

@@ -16,15 +16,16 @@ use sea_orm::{
 use super::{
     Service,
     holds::is_overdue,
-    locks::{lock_hold, lock_order_of_hold, lock_product},
+    locks::{lock_order_of_hold, lock_product},
     now_ms,
+    orders::insert_order,
     settlement::{
-        finish_order, log_refunds, settle_recorded, settle_recorded_without_order,
+        cancel_pending, is_lapsed, log_refunds, settle_recorded, settle_recorded_without_order,
         unapplied_payments,
     },
-    stock::{self, reclaim_overdue_holds, reclaim_overdue_holds_among, release_stock},
+    stock::{self, reclaim_overdue_holds, reclaim_overdue_holds_among},
 };
-use crate::Result;
+use crate::{Result, metrics::metrics};
 
 /// Most rows of each kind one sweep pass handles; the next pass takes the rest.
 pub const SWEEP_BATCH: u64 = 500;
@@ -37,6 +38,15 @@ pub enum Expiry {
     /// Ordered, paid, already expired or gone.
     NothingToDo,
     /// A hold is still live by this process's clock (the job ran early, or clocks differ).
+    NotYetDue,
+}
+
+/// What [`Service::settle_recorded_payments`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// This many recorded payments were settled (0: none waiting, or the hold is live).
+    Payments(usize),
+    /// The hold is paid and live: its order is made once its time is up, if none comes.
     NotYetDue,
 }
 
@@ -118,77 +128,74 @@ impl Service {
         })
     }
 
-    /// Settles the payments recorded for `hold_id` that wait for its order. Returns how
-    /// many were settled (0 while the order does not exist and the hold is still live).
-    pub async fn settle_recorded_payments(&self, hold_id: i64) -> Result<usize> {
+    /// Settles the payments recorded for `hold_id` that wait for its order: against the
+    /// order if it exists; as refunds or ignored if it never can; and for a paid hold
+    /// whose time is up without an order, by making its order, which the payment makes
+    /// `paid`.
+    pub async fn settle_recorded_payments(&self, hold_id: i64) -> Result<Settled> {
         let Some((txn, h)) = self.begin_on_hold(hold_id).await? else {
-            return Ok(0);
+            return Ok(Settled::Payments(0));
         };
         let candidates = unapplied_payments(&*txn, hold_id).await?;
         if candidates.is_empty() {
             txn.rollback().await?;
-            return Ok(0);
+            return Ok(Settled::Payments(0));
         }
         let now = now_ms();
         let stock_released = match lock_order_of_hold(&*txn, hold_id).await? {
             Some(o) => {
-                let settled = settle_recorded(&*txn, &o, &candidates, now).await?;
+                let lapsed = is_lapsed(&o, &h, now, self.order_payment_ttl_ms());
+                let settled = settle_recorded(&*txn, &o, &candidates, lapsed, now).await?;
                 tracing::info!(hold_id, order_id = o.id, order_status = %settled.order_status.to_value(), "recorded payments applied");
-                log_refunds(&candidates, &settled.outcomes, hold_id);
+                log_refunds(&candidates, &settled.verdicts, hold_id);
                 settled.stock_released
             }
             // The order can never come: nothing to apply these to.
-            None if h.status == HoldStatus::Expired || is_overdue(&h, now) => {
-                let (outcomes, stock_released) =
+            None if h.status != HoldStatus::Active || is_overdue(&h, now) => {
+                let (verdicts, stock_released) =
                     settle_recorded_without_order(&*txn, &h, &candidates, now).await?;
-                log_refunds(&candidates, &outcomes, hold_id);
+                log_refunds(&candidates, &verdicts, hold_id);
                 stock_released
+            }
+            // Paid, and its time is up: the customer paid, so the order is made for them.
+            None if h.paid_at_ms.is_some() && h.expires_at_ms <= now => {
+                let o = insert_order(&*txn, &h, now).await?;
+                let settled = settle_recorded(&*txn, &o, &candidates, false, now).await?;
+                metrics().orders.with_label_values(&["created"]).inc();
+                tracing::info!(hold_id, order_id = o.id, order_status = %settled.order_status.to_value(), "order of a paid hold made");
+                false
             }
             None => {
                 txn.rollback().await?;
-                return Ok(0);
+                let due = h.paid_at_ms.is_some() && h.status == HoldStatus::Active;
+                return Ok(if due {
+                    Settled::NotYetDue
+                } else {
+                    Settled::Payments(0)
+                });
             }
         };
         self.commit_changing(txn, stock_released.then_some(h.product_id))
             .await?;
-        Ok(candidates.len())
+        Ok(Settled::Payments(candidates.len()))
     }
 
     /// Cancels order `order_id` and returns its stock if it is still pending past
     /// `ORDER_PAYMENT_TTL_SECS`, unless a payment recorded for it says it was paid.
     pub async fn cancel_if_unpaid(&self, order_id: i64) -> Result<bool> {
-        let Some(o) = order::Entity::find_by_id(order_id)
-            .one(&self.db.conn)
-            .await?
-        else {
+        let Some((txn, h, o)) = self.begin_on_order(order_id).await? else {
             return Ok(false);
         };
-        let txn = self.db.begin_write().await?;
-        // The lock order: product, hold, order.
-        lock_product(&*txn, o.product_id).await?;
-        lock_hold(&*txn, o.hold_id).await?;
-        let o = lock_order_of_hold(&*txn, o.hold_id)
-            .await?
-            .expect("orders are never deleted");
         let now = now_ms();
         if o.status != OrderStatus::Pending || now - o.created_at_ms < self.order_payment_ttl_ms() {
             txn.rollback().await?;
             return Ok(false);
         }
-        // Events recorded before the order decide first: a recorded `paid` wins.
-        let candidates = unapplied_payments(&*txn, o.hold_id).await?;
-        let cancelled = if candidates.is_empty() {
-            finish_order(&*txn, &o, OrderStatus::Cancelled, now).await?;
-            release_stock(&*txn, o.product_id, o.qty).await?;
-            true
-        } else {
-            let settled = settle_recorded(&*txn, &o, &candidates, now).await?;
-            settled.order_status == OrderStatus::Cancelled
-        };
+        let cancelled = cancel_pending(&*txn, &o, now).await? == OrderStatus::Cancelled;
         self.commit_changing(txn, cancelled.then_some(o.product_id))
             .await?;
         if cancelled {
-            tracing::info!(order_id, hold_id = o.hold_id, "unpaid order cancelled");
+            tracing::info!(order_id, hold_id = h.id, "unpaid order cancelled");
         }
         Ok(cancelled)
     }
@@ -237,14 +244,10 @@ impl Service {
     async fn sweep_recorded_payments(&self, now: i64, report: &mut SweepReport) -> Result<()> {
         // Only events that can be settled now: their hold has its order, or will never
         // have one. A live hold's events (paid ones pin it) wait for the order.
+        // A paid hold past its expiry gets its order made.
         let settleable = Condition::any()
-            .add(hold::Column::Status.eq(HoldStatus::Ordered))
-            .add(hold::Column::Status.eq(HoldStatus::Expired))
-            .add(
-                Condition::all()
-                    .add(hold::Column::ExpiresAtMs.lte(now))
-                    .add(hold::Column::PaidAtMs.is_null()),
-            );
+            .add(hold::Column::Status.ne(HoldStatus::Active))
+            .add(hold::Column::ExpiresAtMs.lte(now));
         let waiting: Vec<i64> = payment::Entity::find()
             .select_only()
             .column(payment::Column::HoldId)
@@ -259,7 +262,8 @@ impl Service {
             .await?;
         for hold_id in waiting {
             match self.settle_recorded_payments(hold_id).await {
-                Ok(n) => report.settled_payments += n,
+                Ok(Settled::Payments(n)) => report.settled_payments += n,
+                Ok(Settled::NotYetDue) => {}
                 Err(e) => report.failed(e, "settle recorded payments", hold_id),
             }
         }
@@ -340,15 +344,5 @@ impl Service {
             tracing::info!(product_id, units, "overdue holds expired");
         }
         Ok(units)
-    }
-
-    /// Payments flagged `refund_required`, newest first, at most `limit`.
-    pub async fn refunds_required(&self, limit: u64) -> Result<Vec<payment::Model>> {
-        Ok(payment::Entity::find()
-            .filter(payment::Column::Outcome.eq(PaymentOutcome::RefundRequired))
-            .order_by_desc(payment::Column::CreatedAtMs)
-            .limit(limit)
-            .all(&self.db.conn)
-            .await?)
     }
 }

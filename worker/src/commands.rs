@@ -3,11 +3,12 @@
 
 use std::process::ExitCode;
 
-use service::{Service, audit, db::Db};
+use sea_orm::ActiveEnum;
+use service::{Service, audit};
 
 use crate::sweep::sweep_until_idle;
 
-/// Most refunds listed after a sweep.
+/// Most refunds listed after a sweep, the oldest unresolved first.
 const REFUNDS_LISTED: u64 = 100;
 
 /// Sweeps until nothing is left to do, prints what it did and the payments that must be
@@ -18,21 +19,36 @@ pub async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
         "sweep: {} unit(s) of expired holds returned, {} recorded payment(s) settled, {} unpaid order(s) cancelled",
         total.expired_hold_units, total.settled_payments, total.cancelled_orders
     );
-    println!("refund required: {} payment(s)", total.refund_required);
+    println!(
+        "refund required: {} payment(s) in all",
+        total.refund_required
+    );
     if total.errors > 0 {
         println!(
             "errors: {} item(s) failed (see the log); run the sweep again",
             total.errors
         );
     }
-    for p in svc.refunds_required(REFUNDS_LISTED).await? {
+    let open = svc.refunds(None, REFUNDS_LISTED).await?;
+    println!(
+        "refunds to make: {}{}",
+        open.items.len(),
+        if open.next_after.is_some() {
+            " (the oldest; see GET /api/admin/refunds)"
+        } else {
+            ""
+        }
+    );
+    for r in open.items {
         println!(
-            "  key={} hold_id={} order_id={} at_ms={}",
-            p.idempotency_key,
-            p.hold_id,
-            p.order_id
+            "  key={} hold_id={} order_id={} reason={} amount_cents={} recorded_at={}",
+            r.idempotency_key,
+            r.hold_id,
+            r.order_id
                 .map_or_else(|| "-".to_owned(), |id| id.to_string()),
-            p.created_at_ms
+            r.reason.to_value(),
+            r.amount_cents,
+            service::to_datetime(r.recorded_at_ms).to_rfc3339()
         );
     }
     Ok(exit_code(total.errors == 0))
@@ -40,8 +56,8 @@ pub async fn sweep(svc: &Service) -> anyhow::Result<ExitCode> {
 
 /// Prints every product's stock figures and every customer over their limit; fails when
 /// the invariant is broken for any product, or a customer is over their limit.
-pub async fn audit(db: &Db) -> anyhow::Result<ExitCode> {
-    let rows = audit::audit(&db.conn).await?;
+pub async fn audit(svc: &Service) -> anyhow::Result<ExitCode> {
+    let rows = audit::audit(&svc.db.conn).await?;
     println!(
         "{:>8}  {:>12}  {:>12}  {:>12}  {:>12}  {:<6}  name",
         "product", "total_stock", "available", "held", "ordered", "ok"
@@ -62,7 +78,8 @@ pub async fn audit(db: &Db) -> anyhow::Result<ExitCode> {
         );
     }
     println!("audit: {} product(s), {broken} broken", rows.len());
-    let breaches = audit::limit_breaches(&db.conn, service::now_ms()).await?;
+    let order_ttl_ms = i64::try_from(svc.rules.order_payment_ttl_secs)? * 1000;
+    let breaches = audit::limit_breaches(&svc.db.conn, service::now_ms(), order_ttl_ms).await?;
     for b in &breaches {
         println!(
             "limit breach: product {} customer {:?} has {} unit(s), granted under a limit of {}",

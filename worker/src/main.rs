@@ -94,7 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sweep => commands::sweep(&svc).await,
-        Command::Audit => commands::audit(&svc.db).await,
+        Command::Audit => commands::audit(&svc).await,
     };
     db.close().await;
     code

@@ -36,10 +36,12 @@ pub enum ApiError {
     /// `customer_token_required`).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// The resource does not exist (`product_not_found`, `hold_not_found`, `order_not_found`).
+    /// The resource does not exist (`product_not_found`, `hold_not_found`, `order_not_found`,
+    /// `refund_not_found`).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The request conflicts with the current state (`insufficient_stock`, `hold_expired`,
+    /// `hold_released`, `hold_ordered`, `hold_paid`, `order_paid`, `stock_committed`,
     /// `sale_not_started`, `sale_ended`, `customer_limit_reached`, `idempotency_key_reused`).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
@@ -84,11 +86,17 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let b = body(e.code(), e.to_string());
         match e {
-            Error::ProductNotFound(_) | Error::HoldNotFound(_) | Error::OrderNotFound(_) => {
-                Self::NotFound(b)
-            }
+            Error::ProductNotFound(_)
+            | Error::HoldNotFound(_)
+            | Error::OrderNotFound(_)
+            | Error::RefundNotFound(_) => Self::NotFound(b),
             Error::InsufficientStock { .. }
             | Error::HoldExpired(_)
+            | Error::HoldReleased(_)
+            | Error::HoldOrdered(_)
+            | Error::HoldPaid(_)
+            | Error::OrderPaid(_)
+            | Error::StockCommitted { .. }
             | Error::SaleNotStarted { .. }
             | Error::SaleEnded { .. }
             | Error::CustomerLimitReached { .. }

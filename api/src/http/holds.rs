@@ -24,6 +24,7 @@ pub enum HoldStatus {
     Active,
     Ordered,
     Expired,
+    Released,
 }
 
 impl From<HoldState> for HoldStatus {
@@ -32,6 +33,7 @@ impl From<HoldState> for HoldStatus {
             HoldState::Active => Self::Active,
             HoldState::Ordered => Self::Ordered,
             HoldState::Expired => Self::Expired,
+            HoldState::Released => Self::Released,
         }
     }
 }
@@ -121,6 +123,24 @@ operation_errors!(
     }
 );
 
+/// Answers of `DELETE /api/holds/{id}`.
+#[derive(ApiResponse)]
+pub enum ReleaseHoldResponse {
+    /// The hold, `released` (again: the same answer), or `expired` when its time had run out.
+    #[oai(status = 200)]
+    Ok(Json<Hold>),
+}
+
+operation_errors!(
+    /// Errors of `DELETE /api/holds/{id}`.
+    ReleaseHoldError {
+        BadRequest = 400, "The id is not an integer (`invalid_parameter`).";
+        Unauthorized = 401, "The customer token is malformed, badly signed, expired or cannot be verified (`invalid_token`).";
+        NotFound = 404, "No such hold, or another customer's (`hold_not_found`).";
+        Conflict = 409, "The hold became an order (`hold_ordered`; cancel the order instead), or a payment is recorded for it (`hold_paid`).";
+    }
+);
+
 operation_errors!(
     /// Errors of `GET /api/holds/{id}`.
     GetHoldError {
@@ -178,5 +198,22 @@ impl HoldsApi {
     ) -> Result<GetHoldResponse, GetHoldError> {
         let hold = state.svc.hold(id.0, caller.customer()).await?;
         Ok(GetHoldResponse::Ok(Json(hold.into())))
+    }
+
+    /// Release a hold
+    ///
+    /// Gives the hold's units back at once: the buyer changed their mind. A released hold
+    /// can never become an order, and a payment that arrives for it is to be refunded.
+    /// Releasing it again answers the same; a hold whose time ran out answers `expired`.
+    /// A customer's hold can be released only with that customer's token.
+    #[oai(path = "/holds/:id", method = "delete", operation_id = "release_hold")]
+    async fn release_hold(
+        &self,
+        state: Data<&State>,
+        caller: Caller,
+        id: Path<i64>,
+    ) -> Result<ReleaseHoldResponse, ReleaseHoldError> {
+        let hold = state.svc.release_hold(id.0, caller.customer()).await?;
+        Ok(ReleaseHoldResponse::Ok(Json(hold.into())))
     }
 }

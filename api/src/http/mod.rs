@@ -1,5 +1,5 @@
 //! The HTTP surface: one `#[OpenApi]` struct per tag with thin handlers (`holds`, `orders`,
-//! `payments`, `products`, `ops`), the one error mapping (`error`), the shared state
+//! `payments`, `products`, `refunds`, `ops`), the one error mapping (`error`), the shared state
 //! (`state`), the middleware every request passes (`middleware`), the route table
 //! (`routes`) and the served OpenAPI document (`spec`).
 
@@ -12,6 +12,7 @@ mod ops;
 mod orders;
 mod payments;
 mod products;
+mod refunds;
 pub mod routes;
 pub mod signature;
 pub mod spec;

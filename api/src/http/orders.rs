@@ -116,9 +116,27 @@ operation_errors!(
         BadRequest = 400, "The body is not JSON (`invalid_json`).";
         Unauthorized = 401, "The customer token is malformed, badly signed, expired or cannot be verified (`invalid_token`).";
         NotFound = 404, "No such hold, or another customer's (`hold_not_found`).";
-        Conflict = 409, "The hold expired and can never become an order (`hold_expired`).";
+        Conflict = 409, "The hold expired (`hold_expired`) or was released (`hold_released`) and can never become an order.";
         PayloadTooLarge = 413, "The body is over 64 KiB (`payload_too_large`).";
         Unprocessable = 422, "A field is missing or of the wrong type (`validation_error`).";
+    }
+);
+
+/// Answers of `POST /api/orders/{id}/cancel`.
+#[derive(ApiResponse)]
+pub enum CancelOrderResponse {
+    /// The order, `cancelled` (again: the same answer).
+    #[oai(status = 200)]
+    Ok(Json<Order>),
+}
+
+operation_errors!(
+    /// Errors of `POST /api/orders/{id}/cancel`.
+    CancelOrderError {
+        BadRequest = 400, "The id is not an integer (`invalid_parameter`).";
+        Unauthorized = 401, "The customer token is malformed, badly signed, expired or cannot be verified (`invalid_token`).";
+        NotFound = 404, "No such order, or another customer's (`order_not_found`).";
+        Conflict = 409, "The order is paid, or its payment is recorded and being applied (`order_paid`).";
     }
 );
 
@@ -139,7 +157,9 @@ impl OrdersApi {
     /// Turn a hold into an order
     ///
     /// One hold makes at most one order: a retry returns 200 with the same order. An expired
-    /// hold never becomes an order (409 `hold_expired`), whether or not it was swept yet.
+    /// hold never becomes an order (409 `hold_expired`), whether or not it was swept yet,
+    /// nor does a released one (409 `hold_released`). An order unpaid after
+    /// `ORDER_PAYMENT_TTL_SECS` is cancelled, whether or not it was swept yet.
     /// A customer's hold can be ordered only with that customer's token.
     #[oai(path = "/orders", method = "post", operation_id = "create_order")]
     async fn create_order(
@@ -172,5 +192,25 @@ impl OrdersApi {
     ) -> Result<GetOrderResponse, GetOrderError> {
         let order = state.svc.order(id.0, caller.customer()).await?;
         Ok(GetOrderResponse::Ok(Json(order.into())))
+    }
+
+    /// Cancel an order
+    ///
+    /// Gives the order's units back at once, before its payment deadline. A payment that
+    /// arrives for it afterwards is to be refunded. Cancelling it again answers the same.
+    /// A customer's order can be cancelled only with that customer's token.
+    #[oai(
+        path = "/orders/:id/cancel",
+        method = "post",
+        operation_id = "cancel_order"
+    )]
+    async fn cancel_order(
+        &self,
+        state: Data<&State>,
+        caller: Caller,
+        id: Path<i64>,
+    ) -> Result<CancelOrderResponse, CancelOrderError> {
+        let order = state.svc.cancel_order(id.0, caller.customer()).await?;
+        Ok(CancelOrderResponse::Ok(Json(order.into())))
     }
 }

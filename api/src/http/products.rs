@@ -1,9 +1,13 @@
-//! `GET /api/products/{id}` and `POST /api/admin/products`.
+//! `GET /api/products/{id}`, `GET /api/products`, and the admin's `POST /api/admin/products`
+//! and `PATCH /api/admin/products/{id}`.
 
 use chrono::{DateTime, Utc};
 use poem_openapi::{
-    ApiResponse, Enum, Object, OpenApi, SecurityScheme, auth::Bearer, param::Path, payload::Json,
-    types::Example,
+    ApiResponse, Enum, Object, OpenApi, SecurityScheme,
+    auth::Bearer,
+    param::{Path, Query},
+    payload::Json,
+    types::{Example, MaybeUndefined},
 };
 use serde::Deserialize;
 
@@ -12,7 +16,7 @@ use poem::web::Data;
 use super::{ApiTags, State, body::JsonBody, error::operation_errors};
 use service::{
     Error,
-    products::{NewProduct, ProductView},
+    products::{NewProduct, ProductChange, ProductView},
     sales::{SaleSettings, SaleState as ServiceSaleState},
     to_datetime,
 };
@@ -135,10 +139,107 @@ impl Example for CreateProduct {
     }
 }
 
+/// A change to a product: every field optional. An absent field is left as it is; `null`
+/// clears a sale setting (and is refused for the other fields). Unknown fields are ignored.
+#[derive(Debug, Object, Deserialize)]
+#[oai(example)]
+pub struct UpdateProduct {
+    /// 1 to 200 characters, not only spaces, no control characters.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    ))]
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<String>,
+    /// Price in cents, 0 to 1,000,000,000,000, for orders made from now on.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000")))]
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, deserialize_with = "present")]
+    pub price_cents: Option<i64>,
+    /// 0 to 1,000,000,000. `available_stock` changes by as much, at once; a reduction
+    /// larger than the units free now is 409 `stock_committed`.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, deserialize_with = "present")]
+    pub total_stock: Option<i64>,
+    /// RFC 3339, or null for no start.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub sale_starts_at: MaybeUndefined<DateTime<Utc>>,
+    /// RFC 3339 after the start, or null for no end.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub sale_ends_at: MaybeUndefined<DateTime<Utc>>,
+    /// 1 to 1,000,000, or null for no limit. Setting one needs a customer key configured
+    /// on the server (else 422).
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000000")))]
+    #[serde(default)]
+    pub max_per_customer: MaybeUndefined<i64>,
+}
+
+/// Reads a field that may be absent (its `default`) but not `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+impl UpdateProduct {
+    /// The change for the service.
+    fn into_change(self) -> ProductChange {
+        let ms = |t: Option<Option<DateTime<Utc>>>| t.map(|t| t.map(|t| t.timestamp_millis()));
+        ProductChange {
+            name: self.name,
+            price_cents: self.price_cents,
+            total_stock: self.total_stock,
+            sale_starts_at_ms: ms(self.sale_starts_at.into()),
+            sale_ends_at_ms: ms(self.sale_ends_at.into()),
+            max_per_customer: self.max_per_customer.into(),
+        }
+    }
+}
+
+impl Example for UpdateProduct {
+    fn example() -> Self {
+        Self {
+            name: None,
+            price_cents: None,
+            total_stock: Some(150),
+            sale_starts_at: MaybeUndefined::Undefined,
+            sale_ends_at: MaybeUndefined::Null,
+            max_per_customer: MaybeUndefined::Value(3),
+        }
+    }
+}
+
+/// A page of products in id order.
+#[derive(Debug, Object)]
+pub struct ProductList {
+    pub items: Vec<Product>,
+    /// The `after` of the next page; null on the last page.
+    #[oai(nullable)]
+    pub next_after: Option<i64>,
+}
+
 /// The admin bearer token (`ADMIN_TOKEN`).
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer")]
 pub struct AdminToken(Bearer);
+
+impl AdminToken {
+    /// Refuses the request (401 `unauthorized`) unless the token is the configured one.
+    pub fn check(&self, state: &State) -> Result<(), Error> {
+        if state.admin_token_matches(&self.0.token) {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized)
+        }
+    }
+}
 
 /// Answers of `GET /api/products/{id}`.
 #[derive(ApiResponse)]
@@ -161,6 +262,41 @@ operation_errors!(
     GetProductError {
         BadRequest = 400, "The id is not an integer (`invalid_parameter`).";
         NotFound = 404, "No such product (`product_not_found`).";
+    }
+);
+
+/// Answers of `GET /api/products`.
+#[derive(ApiResponse)]
+pub enum ListProductsResponse {
+    /// A page of products.
+    #[oai(status = 200)]
+    Ok(Json<ProductList>),
+}
+
+/// Answers of `PATCH /api/admin/products/{id}`.
+#[derive(ApiResponse)]
+pub enum UpdateProductResponse {
+    /// The product as changed.
+    #[oai(status = 200)]
+    Ok(Json<Product>),
+}
+
+operation_errors!(
+    /// Errors of `GET /api/products`.
+    ListProductsError {
+        Unprocessable = 422, "`after` or `limit` out of range (`validation_error`).";
+    }
+);
+
+operation_errors!(
+    /// Errors of `PATCH /api/admin/products/{id}`.
+    UpdateProductError {
+        BadRequest = 400, "The body is not JSON (`invalid_json`), or the id is not an integer (`invalid_parameter`).";
+        Unauthorized = 401, "Missing or wrong admin token, or no `ADMIN_TOKEN` configured (`unauthorized`).";
+        NotFound = 404, "No such product (`product_not_found`).";
+        Conflict = 409, "The reduction of `total_stock` is larger than the units free now: held and sold units cannot be taken back (`stock_committed`; the message says how many can be removed).";
+        PayloadTooLarge = 413, "The body is over 64 KiB (`payload_too_large`).";
+        Unprocessable = 422, "A field is of the wrong type, out of range or null where it cannot be (`validation_error`).";
     }
 );
 
@@ -194,6 +330,61 @@ impl ProductsApi {
         )))
     }
 
+    /// List products
+    ///
+    /// Products in id order, `limit` at a time (1 to 100, default 20), starting after the
+    /// id `after` (default 0); `next_after` is the `after` of the next page.
+    #[oai(path = "/products", method = "get", operation_id = "list_products")]
+    async fn list_products(
+        &self,
+        state: Data<&State>,
+        /// Only products with a larger id.
+        #[oai(validator(minimum(value = "0")))]
+        after: Query<Option<i64>>,
+        /// Products per page, 1 to 100.
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u64>>,
+    ) -> Result<ListProductsResponse, ListProductsError> {
+        let page = state
+            .svc
+            .products(after.0.unwrap_or(0), limit.0.unwrap_or(20))
+            .await?;
+        Ok(ListProductsResponse::Ok(Json(ProductList {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_after: page.next_after,
+        })))
+    }
+
+    /// Change a product (admin)
+    ///
+    /// JSON merge: an absent field is left as it is, `null` clears a sale setting. A new
+    /// `total_stock` changes `available_stock` by as much in the same transaction, under
+    /// the product's lock, so units added during a sale are each sold once; a reduction
+    /// larger than the units free now is 409 `stock_committed`. A new price applies to
+    /// orders made afterwards; new sale settings apply at once in this process and within
+    /// a second in every other.
+    #[oai(
+        path = "/admin/products/:id",
+        method = "patch",
+        operation_id = "update_product"
+    )]
+    async fn update_product(
+        &self,
+        state: Data<&State>,
+        auth: AdminToken,
+        id: Path<i64>,
+        body: JsonBody<UpdateProduct>,
+    ) -> Result<UpdateProductResponse, UpdateProductError> {
+        auth.check(&state)?;
+        let change = body.parse()?.into_change().parse()?;
+        let customers_known = state.customer_tokens.is_some();
+        let product = state
+            .svc
+            .update_product(id.0, change, customers_known)
+            .await?;
+        Ok(UpdateProductResponse::Ok(Json(product.into())))
+    }
+
     /// Create a product (admin)
     #[oai(
         path = "/admin/products",
@@ -206,9 +397,7 @@ impl ProductsApi {
         auth: AdminToken,
         body: JsonBody<CreateProduct>,
     ) -> Result<CreateProductResponse, CreateProductError> {
-        if !state.admin_token_matches(&auth.0.token) {
-            return Err(Error::Unauthorized.into());
-        }
+        auth.check(&state)?;
         let req = body.parse()?;
         let sale = SaleSettings::parse(
             req.sale_starts_at.map(|t| t.timestamp_millis()),

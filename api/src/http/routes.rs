@@ -5,7 +5,7 @@
 use poem::{Endpoint, EndpointExt, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
-use super::{State, error, holds, middleware, ops, orders, payments, products, spec};
+use super::{State, error, holds, middleware, ops, orders, payments, products, refunds, spec};
 
 /// The tags the operations are grouped by in the OpenAPI document.
 #[derive(Tags)]
@@ -18,6 +18,8 @@ pub(crate) enum ApiTags {
     Orders,
     /// The payment provider's webhook.
     Payments,
+    /// Payments that must be refunded (admin).
+    Refunds,
     /// Health and readiness probes.
     Operations,
 }
@@ -29,6 +31,7 @@ pub fn openapi() -> OpenApiService<
         holds::HoldsApi,
         orders::OrdersApi,
         payments::PaymentsApi,
+        refunds::RefundsApi,
         ops::OpsApi,
     ),
     (),
@@ -39,6 +42,7 @@ pub fn openapi() -> OpenApiService<
             holds::HoldsApi,
             orders::OrdersApi,
             payments::PaymentsApi,
+            refunds::RefundsApi,
             ops::OpsApi,
         ),
         "flashsale",

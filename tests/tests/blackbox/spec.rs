@@ -30,7 +30,7 @@ fn live_server_honours_openapi_yaml_under_schemathesis_and_the_python_sdk() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "contract check failed:\n{text}");
-    assert!(text.contains("sdk smoke: 18 passed, 0 failed"), "{text}");
+    assert!(text.contains("sdk smoke: 25 passed, 0 failed"), "{text}");
     assert_eq!(
         text.matches("edge contract: 6 passed, 0 failed").count(),
         2,

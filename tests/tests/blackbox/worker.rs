@@ -13,7 +13,7 @@ use testkit::{
 on_both_backends!(
     paid_webhook_before_the_order_makes_the_order_paid_once_it_exists,
     failed_webhook_before_the_order_cancels_it_and_returns_the_stock_once,
-    paid_hold_outlives_its_ttl_and_becomes_a_paid_order_with_the_worker_running,
+    paid_hold_whose_order_never_comes_gets_its_paid_order_from_the_worker,
     holds_expire_to_expired_with_the_worker_and_with_the_sweep_command,
     unpaid_order_past_its_payment_ttl_is_cancelled_and_its_stock_returned,
     storm_of_buyers_and_duplicated_early_and_late_payments_ends_consistent,
@@ -85,21 +85,27 @@ async fn failed_webhook_before_the_order_cancels_it_and_returns_the_stock_once(b
     assert_audit(&db.url);
 }
 
-async fn paid_hold_outlives_its_ttl_and_becomes_a_paid_order_with_the_worker_running(
-    backend: Backend,
-) {
+/// A payment recorded before any order pins the hold past its TTL; when nobody orders,
+/// the worker makes the order, `paid`, and the units stay sold.
+async fn paid_hold_whose_order_never_comes_gets_its_paid_order_from_the_worker(backend: Backend) {
     let env = [("HOLD_TTL_SECS", "1")];
     let (db, app) = setup!(backend, &env);
     let _worker = TestWorker::spawn(&db.url, &env);
     let product = app.create_product(4, 100).await;
     let hold = app.hold_ok(product, 4).await.hold_id;
     assert_eq!(app.webhook("paid-first", hold, "paid").await.status, 202);
-    // Well past the TTL, with ExpireHold due and sweeps running.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    assert_eq!(stored_status(&db.url, "holds", hold).await, "active");
+    let db_url = db.url.clone();
+    let ordered = eventually(Duration::from_secs(10), || {
+        let url = db_url.clone();
+        async move { stored_status(&url, "holds", hold).await == "ordered" }
+    });
+    assert!(ordered.await, "the worker made no order for the paid hold");
     assert_eq!(app.available(product).await, 0);
-    let order = app.order_ok(hold).await.id;
-    assert!(order_turns(&app, order, "paid", WITHIN).await);
+    let order = app.order(hold).await;
+    assert_eq!(order.status, 200, "{}", order.body);
+    assert!(order.replayed());
+    assert_eq!(order.body["status"], "paid");
+    assert_eq!(order.body["total_cents"], 400);
     assert_audit(&db.url);
 }
 

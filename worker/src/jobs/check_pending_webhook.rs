@@ -1,7 +1,8 @@
-//! `CheckPendingWebhook`: applies the payments recorded for a hold before its order existed.
+//! `CheckPendingWebhook`: applies the payments recorded for a hold before its order existed,
+//! and makes the order of a paid hold whose time ran out without one.
 
 use apalis::prelude::BoxDynError;
-use service::{Service, jobs::CheckPendingWebhook};
+use service::{Service, jobs::CheckPendingWebhook, upkeep::Settled};
 
 use super::{Job, count};
 use crate::JobWorker;
@@ -13,9 +14,25 @@ impl Job for CheckPendingWebhook {
     #[tracing::instrument(name = "CheckPendingWebhook", skip_all, fields(hold_id = self.hold_id))]
     async fn run(self, svc: &Service) -> Result<(), BoxDynError> {
         let settled = svc.settle_recorded_payments(self.hold_id).await;
-        count(Self::NAME, if settled.is_ok() { "ok" } else { "error" });
-        let settled = settled?;
-        tracing::debug!(hold_id = self.hold_id, settled, "CheckPendingWebhook done");
-        Ok(())
+        count(
+            Self::NAME,
+            match &settled {
+                Ok(Settled::NotYetDue) => "not_due",
+                Ok(_) => "ok",
+                Err(_) => "error",
+            },
+        );
+        match settled? {
+            // Fail so that the retry policy runs it again a little later.
+            Settled::NotYetDue => Err(format!("paid hold {} is still live", self.hold_id).into()),
+            Settled::Payments(n) => {
+                tracing::debug!(
+                    hold_id = self.hold_id,
+                    settled = n,
+                    "CheckPendingWebhook done"
+                );
+                Ok(())
+            }
+        }
     }
 }

@@ -1,0 +1,132 @@
+//! Letting go: a buyer releases a hold or cancels an order, and its units are free at
+//! once. Each runs under the product's lock, then the hold's (and the order's), like every
+//! move of stock, so a release racing an order of the same hold, or a payment, ends one
+//! way only: whichever takes the hold's lock first decides, and the other finds its result.
+
+use entity::{
+    hold::{HoldStatus, Model as Hold},
+    order::OrderStatus,
+};
+
+use super::{
+    Service,
+    holds::{HoldView, is_overdue},
+    now_ms,
+    orders::OrderView,
+    sales::{CustomerId, may_see},
+    settlement::{
+        Ledger, Verdict, cancel_pending, end_orderless_hold, log_refunds, record_verdicts,
+        unapplied_payments,
+    },
+    stock::release_hold,
+};
+use crate::{Error, Result, metrics::metrics};
+
+impl Service {
+    /// Releases hold `id` on behalf of `caller`, who must be allowed to see it: its units
+    /// are free at once. A released hold answers the same again; an expired one answers
+    /// with its status, `expired`.
+    pub async fn release_hold(&self, id: i64, caller: Option<&CustomerId>) -> Result<HoldView> {
+        let found = self.begin_on_hold(id).await?;
+        let Some((txn, h)) = found.filter(|(_, h)| may_see(h.customer_id.as_deref(), caller))
+        else {
+            return Err(Error::HoldNotFound(id));
+        };
+        let now = now_ms();
+        let refused = match h.status {
+            HoldStatus::Ordered => Some(Error::HoldOrdered(id)),
+            HoldStatus::Active if h.paid_at_ms.is_some() => Some(Error::HoldPaid(id)),
+            _ => None,
+        };
+        if let Some(refused) = refused {
+            txn.rollback().await?;
+            return Err(refused);
+        }
+        let status = match h.status {
+            HoldStatus::Active if is_overdue(&h, now) => {
+                end_orderless_hold(&*txn, &h).await?;
+                HoldStatus::Expired
+            }
+            HoldStatus::Active => {
+                release_hold(&*txn, &h).await?;
+                self.settle_released(&*txn, &h, now).await?;
+                HoldStatus::Released
+            }
+            ended => {
+                txn.rollback().await?;
+                return Ok(HoldView::with_status(&h, ended));
+            }
+        };
+        self.commit_changing(txn, Some(h.product_id)).await?;
+        if status == HoldStatus::Released {
+            tracing::debug!(
+                hold_id = id,
+                product_id = h.product_id,
+                qty = h.qty,
+                "hold released"
+            );
+        }
+        Ok(HoldView::with_status(&h, status))
+    }
+
+    /// Settles the events recorded for hold `h`, just released: none can be applied now.
+    /// They are `failed` ones (a recorded `paid` forbids the release), so they are ignored.
+    async fn settle_released(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        h: &Hold,
+        now: i64,
+    ) -> Result<()> {
+        let recorded = unapplied_payments(conn, h.id).await?;
+        if recorded.is_empty() {
+            return Ok(());
+        }
+        let why = entity::payment::RefundReason::HoldReleased;
+        let verdicts: Vec<Verdict> = recorded
+            .iter()
+            .map(|c| Verdict::unapplied(c.status, why))
+            .collect();
+        let ledger = Ledger::of_hold(conn, h).await?;
+        record_verdicts(conn, &recorded, &verdicts, ledger, now).await?;
+        log_refunds(&recorded, &verdicts, h.id);
+        Ok(())
+    }
+
+    /// Cancels order `id` on behalf of `caller`, who must be allowed to see it: its units
+    /// are free at once. A cancelled order answers the same again; a paid one, or one whose
+    /// payment is recorded and waits to be applied, cannot be cancelled.
+    pub async fn cancel_order(&self, id: i64, caller: Option<&CustomerId>) -> Result<OrderView> {
+        let found = self.begin_on_order(id).await?;
+        let Some((txn, h, o)) = found.filter(|(_, _, o)| may_see(o.customer_id.as_deref(), caller))
+        else {
+            return Err(Error::OrderNotFound(id));
+        };
+        let paid = o.status == OrderStatus::Paid || h.paid_at_ms.is_some();
+        if paid || o.status == OrderStatus::Cancelled {
+            txn.rollback().await?;
+            return if paid {
+                Err(Error::OrderPaid(id))
+            } else {
+                Ok(OrderView::current(o, false))
+            };
+        }
+        let now = now_ms();
+        let status = cancel_pending(&*txn, &o, now).await?;
+        assert_eq!(
+            status,
+            OrderStatus::Cancelled,
+            "an unpaid hold's events cancel"
+        );
+        self.commit_changing(txn, Some(o.product_id)).await?;
+        metrics()
+            .orders
+            .with_label_values(&["cancelled_by_buyer"])
+            .inc();
+        tracing::debug!(
+            order_id = id,
+            hold_id = h.id,
+            "order cancelled by its buyer"
+        );
+        Ok(OrderView::current(o, true))
+    }
+}
