@@ -2,13 +2,16 @@
 //!
 //! Stored form of the invariant, for every product:
 //! `total_stock = available + Σ qty(holds with status active) + Σ qty(orders pending or paid)`,
-//! every term >= 0. An `active` hold past its expiry still counts as held here until it is
-//! reclaimed; the API counts it as available already, which is the same stock seen earlier.
+//! every term >= 0; expired and released holds and cancelled orders hold nothing. An
+//! `active` hold past its expiry, or a `pending` order past its payment deadline, still
+//! counts here until it is reclaimed; the API counts it as available already, which is
+//! the same stock seen earlier.
 //!
 //! And for every customer of a product: their units (what [`crate::sales::COUNTED_HOLD`]
-//! and [`crate::sales::counted_order`] count, as for the limit itself) within the limit their latest hold of it was granted under. Units only
-//! grow by grants, each of which kept the customer within the limit then in force, so a
-//! limit the operator lowered afterwards does not make a breach.
+//! and [`crate::sales::counted_order`] count, as for the limit itself) within the limit
+//! their latest hold of it was granted under. Units only grow by grants, each of which
+//! kept the customer within the limit then in force, so a limit the operator lowered
+//! afterwards does not make a breach.
 
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement};
 
