@@ -8,8 +8,7 @@ use std::{
 
 use entity::{
     hold::{self, HoldStatus},
-    order::{self, OrderStatus},
-    product,
+    order, product,
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
@@ -23,7 +22,7 @@ use super::{
     now_ms, request_hash,
     sales::{CustomerId, customer_units, may_see},
     stock::{
-        reclaim_overdue_holds, reclaim_overdue_orders, release_stock, take_stock,
+        overdue_orders, reclaim_overdue_holds, reclaim_overdue_orders, release_stock, take_stock,
         take_stock_returning,
     },
     validate_idempotency_key,
@@ -426,7 +425,6 @@ impl Service {
         let cutoff = now - self.order_payment_ttl_ms();
         let reclaimed = reclaim_overdue_holds(&*txn, p.id, now).await?
             + reclaim_overdue_orders(&*txn, p.id, cutoff, now).await?;
-        // Nothing overdue is left to pass over: the count needs no second look.
         let units = match p.max_per_customer {
             Some(_) => {
                 customer_units(&*txn, p.id, &customers_of(asks), now, cutoff)
@@ -499,10 +497,11 @@ impl Service {
 ///
 /// Every change that adds to a customer's units (a grant, or a payment that pins a hold
 /// so that it no longer expires) holds the product's lock and reads the clock under it;
-/// so nothing can add to what this count finds before the transaction ends. The one
-/// exception is a payment for an order whose deadline is passing, which does not lock the
-/// product: when the count passes over such an order, the order is cancelled first under
-/// its own row lock (a payment that got there first has made it `paid`, and it is counted).
+/// so nothing can add to what this count finds before the transaction ends. Two do not
+/// lock the product: an order made as its hold expires, and a payment for an order whose
+/// deadline is passing. So when the count passed over anything overdue, the overdue holds
+/// and orders are reclaimed first, each under its own row lock (one ordered or paid a
+/// moment earlier is left alone), and the customers counted again.
 async fn decide_limited(
     txn: WriteTxn,
     p: &product::Model,
@@ -515,8 +514,9 @@ async fn decide_limited(
     let customers = customers_of(asks);
     let mut counted = customer_units(&*txn, p.id, &customers, now, cutoff).await?;
     let mut free = p.available + taken;
-    if counted.overdue_orders {
-        free += reclaim_overdue_orders(&*txn, p.id, cutoff, now).await?;
+    if counted.overdue {
+        free += reclaim_overdue_holds(&*txn, p.id, now).await?
+            + reclaim_overdue_orders(&*txn, p.id, cutoff, now).await?;
         counted = customer_units(&*txn, p.id, &customers, now, cutoff).await?;
     }
     let (granted, refusals) = grant_in_order(free, p.max_per_customer, &counted.units, asks);
@@ -612,11 +612,12 @@ async fn next_expiry_ms(
         .into_tuple()
         .one(conn)
         .await?;
+    // The pending orders that can lapse: all but those whose hold was paid first.
     let oldest_order: Option<Option<i64>> = order::Entity::find()
         .select_only()
         .column_as(order::Column::CreatedAtMs.min(), "oldest")
         .filter(order::Column::ProductId.eq(product_id))
-        .filter(order::Column::Status.eq(OrderStatus::Pending))
+        .filter(overdue_orders(i64::MAX))
         .into_tuple()
         .one(conn)
         .await?;

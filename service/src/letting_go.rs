@@ -13,7 +13,7 @@ use super::{
     holds::{HoldView, is_overdue},
     now_ms,
     orders::OrderView,
-    sales::{CustomerId, may_see},
+    sales::CustomerId,
     settlement::{
         Ledger, Verdict, cancel_pending, end_orderless_hold, log_refunds, record_verdicts,
         unapplied_payments,
@@ -27,11 +27,13 @@ impl Service {
     /// are free at once. A released hold answers the same again; an expired one answers
     /// with its status, `expired`.
     pub async fn release_hold(&self, id: i64, caller: Option<&CustomerId>) -> Result<HoldView> {
-        let found = self.begin_on_hold(id).await?;
-        let Some((txn, h)) = found.filter(|(_, h)| may_see(h.customer_id.as_deref(), caller))
-        else {
-            return Err(Error::HoldNotFound(id));
-        };
+        // Checked before the locks (a hold's owner never changes), so that a caller who
+        // may not see the hold does not queue for its product's lock.
+        self.hold(id, caller).await?;
+        let (txn, h) = self
+            .begin_on_hold(id)
+            .await?
+            .expect("holds are never deleted");
         let now = now_ms();
         let refused = match h.status {
             HoldStatus::Ordered => Some(Error::HoldOrdered(id)),
@@ -96,11 +98,12 @@ impl Service {
     /// are free at once. A cancelled order answers the same again; a paid one, or one whose
     /// payment is recorded and waits to be applied, cannot be cancelled.
     pub async fn cancel_order(&self, id: i64, caller: Option<&CustomerId>) -> Result<OrderView> {
-        let found = self.begin_on_order(id).await?;
-        let Some((txn, h, o)) = found.filter(|(_, _, o)| may_see(o.customer_id.as_deref(), caller))
-        else {
-            return Err(Error::OrderNotFound(id));
-        };
+        // Checked before the locks (an order's owner never changes), as for a release.
+        self.order(id, caller).await?;
+        let (txn, h, o) = self
+            .begin_on_order(id)
+            .await?
+            .expect("orders are never deleted");
         let paid = o.status == OrderStatus::Paid || h.paid_at_ms.is_some();
         if paid || o.status == OrderStatus::Cancelled {
             txn.rollback().await?;

@@ -257,23 +257,24 @@ impl Service {
 
     /// Makes sure `removed` units of `p` (locked) can be taken out of `available`: when
     /// they are more than it has, overdue holds and orders are reclaimed first; more than
-    /// that is 409 `stock_committed`.
+    /// that is 409 `stock_committed` (the caller rolls the reclaims back).
     async fn make_room(&self, txn: &WriteTxn, p: &product::Model, removed: i64) -> Result<()> {
         if removed <= p.available {
             return Ok(());
         }
         let now = now_ms();
         let cutoff = now - self.order_payment_ttl_ms();
-        let free = free_again(&**txn, &[p.id], now, cutoff).await?;
-        let removable = p.available + free.get(&p.id).copied().unwrap_or(0);
+        // What the reclaims return, not what a read found: an order paid a moment ago is
+        // left alone by its reclaim, and its units are not free.
+        let reclaimed = reclaim_overdue_holds(&**txn, p.id, now).await?
+            + reclaim_overdue_orders(&**txn, p.id, cutoff, now).await?;
+        let removable = p.available + reclaimed;
         if removed > removable {
             return Err(Error::StockCommitted {
                 product_id: p.id,
                 removable,
             });
         }
-        reclaim_overdue_holds(&**txn, p.id, now).await?;
-        reclaim_overdue_orders(&**txn, p.id, cutoff, now).await?;
         Ok(())
     }
 

@@ -6,13 +6,17 @@ use std::collections::HashMap;
 
 use entity::{
     hold,
+    order::{self, OrderStatus},
     payment::{self, PaymentOutcome},
 };
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
 };
 
-use super::{Service, now_ms};
+use super::{
+    Service, now_ms,
+    settlement::{Ledger, reason_without_order},
+};
 use crate::{Error, Result, metrics::metrics};
 
 pub use entity::payment::RefundReason;
@@ -158,25 +162,50 @@ impl Service {
             .into_iter()
             .map(|h| (h.id, h))
             .collect();
-        Ok(rows
-            .into_iter()
-            .map(|p| {
-                let h = &holds[&p.hold_id];
-                RefundView {
-                    hold_id: p.hold_id,
-                    order_id: p.order_id,
-                    product_id: h.product_id,
-                    qty: h.qty,
-                    // Every refund has both since they were introduced, and the migration
-                    // that introduced them gave the earlier refunds theirs.
-                    amount_cents: p.refund_cents.expect("a refund has its amount"),
-                    reason: p.refund_reason.expect("a refund has its reason"),
-                    recorded_at_ms: p.applied_at_ms.unwrap_or(p.created_at_ms),
-                    resolved_at_ms: p.resolved_at_ms,
-                    idempotency_key: p.idempotency_key,
-                }
-            })
-            .collect())
+        let mut views = Vec::with_capacity(rows.len());
+        for p in rows {
+            let h = &holds[&p.hold_id];
+            let (reason, amount_cents) = match (p.refund_reason, p.refund_cents) {
+                (Some(reason), Some(cents)) => (reason, cents),
+                _ => self.reason_of_unmarked(&p, h).await?,
+            };
+            views.push(RefundView {
+                hold_id: p.hold_id,
+                order_id: p.order_id,
+                product_id: h.product_id,
+                qty: h.qty,
+                amount_cents,
+                reason,
+                recorded_at_ms: p.applied_at_ms.unwrap_or(p.created_at_ms),
+                resolved_at_ms: p.resolved_at_ms,
+                idempotency_key: p.idempotency_key,
+            });
+        }
+        Ok(views)
+    }
+
+    /// The reason and amount of a refund recorded without them, by a process of the
+    /// previous version still running after the upgrade: read from the rows it was
+    /// decided on, as the upgrade did for the refunds before it.
+    async fn reason_of_unmarked(
+        &self,
+        p: &payment::Model,
+        h: &hold::Model,
+    ) -> Result<(RefundReason, i64)> {
+        let order = match p.order_id {
+            Some(id) => order::Entity::find_by_id(id).one(&self.db.conn).await?,
+            None => None,
+        };
+        let reason = match &order {
+            Some(o) if o.status == OrderStatus::Paid => RefundReason::DoubleCharge,
+            Some(_) => RefundReason::OrderCancelled,
+            None => reason_without_order(h),
+        };
+        let cents = match order {
+            Some(o) => o.total_cents,
+            None => Ledger::of_hold(&self.db.conn, h).await?.value_cents,
+        };
+        Ok((reason, cents))
     }
 }
 

@@ -293,6 +293,9 @@ impl Service {
 /// `$2` by [`counted_values`].
 pub(crate) const COUNTED_HOLD: &str =
     "status = $1 AND (expires_at_ms > $2 OR paid_at_ms IS NOT NULL)";
+/// A hold past its expiry and unpaid, as a condition on the columns of `holds`, with the
+/// values of [`counted_values`]: [`COUNTED_HOLD`]'s opposite among active holds.
+const OVERDUE_HOLD: &str = "status = $1 AND expires_at_ms <= $2 AND paid_at_ms IS NULL";
 /// An order past its payment deadline, as a condition on the columns of `orders`: pending
 /// (`$3`), made at or before the cutoff (`$5`), and no payment recorded for its hold before
 /// it (that payment wins). The SQL of [`crate::stock::overdue_orders`].
@@ -320,15 +323,17 @@ pub(crate) fn counted_values(now_ms: i64, cutoff_ms: i64) -> Vec<sea_orm::Value>
 pub struct Counted {
     /// Units of each customer who has any.
     pub units: HashMap<String, i64>,
-    /// Some of these customers have orders past their payment deadline, not counted.
-    pub overdue_orders: bool,
+    /// The product has holds past their expiry or orders past their payment deadline,
+    /// which the count passed over.
+    pub overdue: bool,
 }
 
 /// Units each of `customers` has of product `product_id` at `now_ms`: their holds that
 /// still reserve (active, and not past their expiry unless paid) plus their paid orders
 /// and pending ones made after `cutoff_ms` (the others are past their payment deadline).
 /// Customers with none are absent. The limit is decided by this count, and
-/// [`crate::audit::limit_breaches`] counts every customer the same way. Runs inside the
+/// [`crate::audit::limit_breaches`] counts every customer the same way. Also says whether
+/// the product has overdue holds or orders, which the count passed over. Runs inside the
 /// caller's transaction.
 pub async fn customer_units(
     conn: &impl ConnectionTrait,
@@ -341,7 +346,7 @@ pub async fn customer_units(
     struct Units {
         customer_id: String,
         units: i64,
-        overdue: i64,
+        overdue: bool,
     }
     let backend = conn.get_database_backend();
     let customers = serde_json::to_string(customers).expect("strings serialise");
@@ -350,12 +355,12 @@ pub async fn customer_units(
     // by their index: the other conditions sit inside the sums, so that no index of the
     // product or of the status competes for the lookup. Neither planner has statistics
     // on a table that grew since it was last analyzed (the first minute of a sale), and
-    // either would otherwise risk reading every active hold once per customer.
+    // either would otherwise risk reading every active hold once per customer. Whether
+    // anything of the product is overdue is asked once, through the product's indexes.
     let customers_of = match backend {
         DbBackend::Postgres => "json_array_elements_text($7::json)",
         _ => "json_each($7)",
     };
-    let counted_order = counted_order();
     let of_customer = |what: &str, table: &str| {
         format!(
             "(SELECT COALESCE(SUM(CASE WHEN product_id = $6 AND {what} THEN qty END), 0) \
@@ -363,12 +368,13 @@ pub async fn customer_units(
         )
     };
     let sql = format!(
-        "SELECT c.customer_id AS customer_id, \
-           CAST({} + {} AS BIGINT) AS units, CAST({} AS BIGINT) AS overdue \
+        "SELECT c.customer_id AS customer_id, CAST({} + {} AS BIGINT) AS units, \
+           (EXISTS (SELECT 1 FROM holds WHERE product_id = $6 AND {OVERDUE_HOLD}) \
+            OR EXISTS (SELECT 1 FROM orders WHERE product_id = $6 AND {OVERDUE_ORDER})) \
+           AS overdue \
          FROM (SELECT DISTINCT value AS customer_id FROM {customers_of}) AS c",
         of_customer(COUNTED_HOLD, "holds"),
-        of_customer(&counted_order, "orders"),
-        of_customer(OVERDUE_ORDER, "orders"),
+        of_customer(&counted_order(), "orders"),
     );
     if backend == DbBackend::Postgres {
         // A plan for this execution: one cached while the table was small would seq-scan.
@@ -380,7 +386,7 @@ pub async fn customer_units(
     let stmt = Statement::from_sql_and_values(backend, sql, values);
     let rows = Units::find_by_statement(stmt).all(conn).await?;
     Ok(Counted {
-        overdue_orders: rows.iter().any(|u| u.overdue > 0),
+        overdue: rows.iter().any(|u| u.overdue),
         units: rows
             .into_iter()
             .filter(|u| u.units > 0)

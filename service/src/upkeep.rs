@@ -163,7 +163,7 @@ impl Service {
                 let settled = settle_recorded(&*txn, &o, &candidates, false, now).await?;
                 metrics().orders.with_label_values(&["created"]).inc();
                 tracing::info!(hold_id, order_id = o.id, order_status = %settled.order_status.to_value(), "order of a paid hold made");
-                false
+                settled.stock_released
             }
             None => {
                 txn.rollback().await?;
