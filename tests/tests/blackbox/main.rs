@@ -7,6 +7,7 @@ mod contract;
 mod edges;
 mod expiry;
 mod faults;
+mod letting_go;
 mod lifecycle;
 mod sales;
 mod spec;
