@@ -15,7 +15,7 @@ use super::{
     orders::OrderView,
     sales::CustomerId,
     settlement::{
-        Ledger, Verdict, cancel_pending, end_orderless_hold, log_refunds, record_verdicts,
+        cancel_pending, end_orderless_hold, log_refunds, settle_recorded_without_order,
         unapplied_payments,
     },
     stock::release_hold,
@@ -51,7 +51,7 @@ impl Service {
             }
             HoldStatus::Active => {
                 release_hold(&*txn, &h).await?;
-                self.settle_released(&*txn, &h, now).await?;
+                settle_released(&*txn, &h, now).await?;
                 HoldStatus::Released
             }
             ended => {
@@ -69,29 +69,6 @@ impl Service {
             );
         }
         Ok(HoldView::with_status(&h, status))
-    }
-
-    /// Settles the events recorded for hold `h`, just released: none can be applied now.
-    /// They are `failed` ones (a recorded `paid` forbids the release), so they are ignored.
-    async fn settle_released(
-        &self,
-        conn: &impl sea_orm::ConnectionTrait,
-        h: &Hold,
-        now: i64,
-    ) -> Result<()> {
-        let recorded = unapplied_payments(conn, h.id).await?;
-        if recorded.is_empty() {
-            return Ok(());
-        }
-        let why = entity::payment::RefundReason::HoldReleased;
-        let verdicts: Vec<Verdict> = recorded
-            .iter()
-            .map(|c| Verdict::unapplied(c.status, why))
-            .collect();
-        let ledger = Ledger::of_hold(conn, h).await?;
-        record_verdicts(conn, &recorded, &verdicts, ledger, now).await?;
-        log_refunds(&recorded, &verdicts, h.id);
-        Ok(())
     }
 
     /// Cancels order `id` on behalf of `caller`, who must be allowed to see it: its units
@@ -132,4 +109,21 @@ impl Service {
         );
         Ok(OrderView::current(o, true))
     }
+}
+
+/// Settles the events recorded for hold `h`, just released (`h` as read before): none can
+/// be applied now. They are `failed` ones (a recorded `paid` forbids the release), so
+/// they are ignored.
+async fn settle_released(conn: &impl sea_orm::ConnectionTrait, h: &Hold, now: i64) -> Result<()> {
+    let recorded = unapplied_payments(conn, h.id).await?;
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let released = Hold {
+        status: HoldStatus::Released,
+        ..h.clone()
+    };
+    let (verdicts, _) = settle_recorded_without_order(conn, &released, &recorded, now).await?;
+    log_refunds(&recorded, &verdicts, h.id);
+    Ok(())
 }

@@ -25,6 +25,7 @@ on_both_backends!(
     a_released_hold_frees_its_units_at_once_and_answers_the_same_again,
     a_released_hold_cannot_be_ordered_and_a_late_payment_for_it_is_refunded,
     ordered_and_paid_holds_cannot_be_released,
+    a_failed_payment_recorded_before_a_release_is_settled_ignored_by_it,
     releasing_an_expired_hold_answers_200_expired_and_returns_nothing_twice,
     only_the_owner_may_release_a_customers_hold,
     release_racing_order_for_one_hold_never_both_succeed,
@@ -257,6 +258,30 @@ async fn a_released_hold_cannot_be_ordered_and_a_late_payment_for_it_is_refunded
     app.order_as(None, hold)
         .await
         .assert_error(409, "hold_released");
+    assert_audit(&db.url);
+}
+
+/// A `failed` recorded for a live hold waits for its order; the release settles it at
+/// once: the hold never has an order, so it is ignored, and nothing is left to settle.
+async fn a_failed_payment_recorded_before_a_release_is_settled_ignored_by_it(backend: Backend) {
+    let (db, app) = setup!(backend);
+    let product = app.create_product(4, 100).await;
+    let hold = new_hold(&app, product, 2).await;
+    assert_eq!(
+        app.webhook("early-failed", hold, "failed").await.status,
+        202
+    );
+    assert_eq!(release(&app, None, hold).await.status, 200);
+    let unsettled = "SELECT COUNT(*) FROM payments WHERE outcome IS NULL";
+    assert_eq!(query_i64(&db.url, unsettled).await, 0);
+    let ignored =
+        "SELECT COUNT(*) FROM payments WHERE outcome = 'ignored' AND refund_reason IS NULL";
+    assert_eq!(query_i64(&db.url, ignored).await, 1);
+    assert!(
+        refunds(&app).await.is_empty(),
+        "a failed payment is no refund"
+    );
+    assert_eq!(available(&app, product).await, 4);
     assert_audit(&db.url);
 }
 
