@@ -25,7 +25,7 @@ pub use db::{Backend, DEFAULT_PG_URL, TestDb};
 pub use faults::{StuckWriter, execute, query_i64, stored_status};
 pub use processes::{TestWorker, assert_audit, audit, sweep};
 pub use proxy::TcpProxy;
-pub use reply::Reply;
+pub use reply::{Reply, hold_id, order_id};
 pub use signing::{sign, unix_now};
 pub use tokens::{
     CUSTOMER_ENV, CUSTOMER_SECRET, EC_PRIVATE_PEM, EC_PUBLIC_KEY_FILE, EC_PUBLIC_PEM,

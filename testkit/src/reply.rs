@@ -127,3 +127,17 @@ impl TestApp {
         self.request(Method::POST, path, Some(&body), &[]).await
     }
 }
+
+/// The id of the hold a 201 answer created.
+#[track_caller]
+pub fn hold_id(r: &Reply) -> i64 {
+    assert_eq!(r.status, 201, "expected a new hold: {}", r.body);
+    r.body["hold_id"].as_i64().expect("hold_id")
+}
+
+/// The id of the order a 201 answer created.
+#[track_caller]
+pub fn order_id(r: &Reply) -> i64 {
+    assert_eq!(r.status, 201, "expected a new order: {}", r.body);
+    r.body["id"].as_i64().expect("order id")
+}

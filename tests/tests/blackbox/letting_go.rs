@@ -17,8 +17,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use testkit::{
     ADMIN_TOKEN, Backend, CUSTOMER_ENV, Reply, TestApp, TestWorker, assert_audit, bearer,
-    customer_token, eventually, on_both_backends, query_i64, rfc3339, rfc3339_millis, setup, sweep,
-    unix_now,
+    customer_token, eventually, hold_id, on_both_backends, order_id, query_i64, rfc3339,
+    rfc3339_millis, setup, sweep, unix_now,
 };
 
 on_both_backends!(
@@ -84,20 +84,6 @@ async fn patch(app: &TestApp, product: i64, body: &Value) -> Reply {
 /// `method path` without a body, with the admin token.
 async fn as_admin(app: &TestApp, method: Method, path: &str) -> Reply {
     send_as(app, Some(ADMIN_TOKEN), method, path).await
-}
-
-/// The id of the hold a 201 answer created.
-#[track_caller]
-fn hold_id(r: &Reply) -> i64 {
-    assert_eq!(r.status, 201, "expected a new hold: {}", r.body);
-    r.body["hold_id"].as_i64().expect("hold_id")
-}
-
-/// The id of the order a 201 answer created.
-#[track_caller]
-fn order_id(r: &Reply) -> i64 {
-    assert_eq!(r.status, 201, "expected a new order: {}", r.body);
-    r.body["id"].as_i64().expect("order id")
 }
 
 /// An anonymous hold of `qty` on `product`, asserting 201.

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use testkit::{
     Backend, CUSTOMER_ENV, CUSTOMER_SECRET, EC_PUBLIC_KEY_FILE, EC_PUBLIC_PEM, RSA_PUBLIC_KEY_FILE,
     RSA_PUBLIC_PEM, Reply, TestApp, TestDb, TokenKey, assert_audit, audit, bearer, customer_claims,
-    customer_token, execute, on_both_backends, query_i64, rfc3339, rfc3339_millis, setup, token,
-    unix_now, unsigned_token,
+    customer_token, execute, hold_id, on_both_backends, order_id, query_i64, rfc3339,
+    rfc3339_millis, setup, token, unix_now, unsigned_token,
 };
 
 on_both_backends!(
@@ -65,20 +65,6 @@ fn tally(replies: &[Reply]) -> BTreeMap<(u16, String), usize> {
 /// The `(status, code)` key of [`tally`].
 fn key(status: u16, code: &str) -> (u16, String) {
     (status, code.to_owned())
-}
-
-/// The id of the hold a 201 answer created.
-#[track_caller]
-fn hold_id(r: &Reply) -> i64 {
-    assert_eq!(r.status, 201, "expected a new hold: {}", r.body);
-    r.body["hold_id"].as_i64().expect("hold_id")
-}
-
-/// The id of the order a 201 answer created.
-#[track_caller]
-fn order_id(r: &Reply) -> i64 {
-    assert_eq!(r.status, 201, "expected a new order: {}", r.body);
-    r.body["id"].as_i64().expect("order id")
 }
 
 /// Asserts the answer to a present but unusable token: 401 `invalid_token` with a
