@@ -21,10 +21,7 @@ use super::{
     locks::lock_product,
     now_ms, request_hash,
     sales::{CustomerId, customer_units, may_see},
-    stock::{
-        overdue_orders, reclaim_overdue_holds, reclaim_overdue_orders, release_stock, take_stock,
-        take_stock_returning,
-    },
+    stock::{overdue_orders, reclaim_overdue, release_stock, take_stock, take_stock_returning},
     validate_idempotency_key,
 };
 use crate::{Error, Result, db::WriteTxn, metrics::metrics};
@@ -422,9 +419,8 @@ impl Service {
             return Ok(Reserved::Replay(replay));
         }
         let now = now_ms();
-        let cutoff = now - self.order_payment_ttl_ms();
-        let reclaimed = reclaim_overdue_holds(&*txn, p.id, now).await?
-            + reclaim_overdue_orders(&*txn, p.id, cutoff, now).await?;
+        let cutoff = self.payment_cutoff_ms(now);
+        let reclaimed = reclaim_overdue(&*txn, p.id, now, cutoff).await?;
         let units = match p.max_per_customer {
             Some(_) => {
                 customer_units(&*txn, p.id, &customers_of(asks), now, cutoff)
@@ -515,8 +511,7 @@ async fn decide_limited(
     let mut counted = customer_units(&*txn, p.id, &customers, now, cutoff).await?;
     let mut free = p.available + taken;
     if counted.overdue {
-        free += reclaim_overdue_holds(&*txn, p.id, now).await?
-            + reclaim_overdue_orders(&*txn, p.id, cutoff, now).await?;
+        free += reclaim_overdue(&*txn, p.id, now, cutoff).await?;
         counted = customer_units(&*txn, p.id, &customers, now, cutoff).await?;
     }
     let (granted, refusals) = grant_in_order(free, p.max_per_customer, &counted.units, asks);

@@ -88,6 +88,12 @@ impl Service {
     pub(crate) fn order_payment_ttl_ms(&self) -> i64 {
         i64::try_from(self.rules.order_payment_ttl_secs).expect("bounded by config") * 1000
     }
+
+    /// The payment cutoff at `now_ms`: an order made at or before it and still unpaid is
+    /// past its payment deadline.
+    pub(crate) fn payment_cutoff_ms(&self, now_ms: i64) -> i64 {
+        now_ms - self.order_payment_ttl_ms()
+    }
 }
 
 /// Now, in Unix milliseconds: the one clock every rule is evaluated against.

@@ -14,7 +14,7 @@ use super::{
     locks::lock_product,
     now_ms,
     sales::{SaleSettings, SaleState},
-    stock::{free_again, reclaim_overdue_holds, reclaim_overdue_orders, restock},
+    stock::{free_again, reclaim_overdue, restock},
 };
 use crate::{Error, Result};
 
@@ -263,11 +263,9 @@ impl Service {
             return Ok(());
         }
         let now = now_ms();
-        let cutoff = now - self.order_payment_ttl_ms();
         // What the reclaims return, not what a read found: an order paid a moment ago is
         // left alone by its reclaim, and its units are not free.
-        let reclaimed = reclaim_overdue_holds(&**txn, p.id, now).await?
-            + reclaim_overdue_orders(&**txn, p.id, cutoff, now).await?;
+        let reclaimed = reclaim_overdue(&**txn, p.id, now, self.payment_cutoff_ms(now)).await?;
         let removable = p.available + reclaimed;
         if removed > removable {
             return Err(Error::StockCommitted {
@@ -291,7 +289,7 @@ impl Service {
         rows.truncate(usize::try_from(limit).expect("bounded by the API"));
         let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
         let now = now_ms();
-        let free = free_again(&snapshot, &ids, now, now - self.order_payment_ttl_ms()).await?;
+        let free = free_again(&snapshot, &ids, now, self.payment_cutoff_ms(now)).await?;
         snapshot.commit().await?;
         let next_after = more.then(|| ids.last().copied()).flatten();
         let items = rows
@@ -321,7 +319,7 @@ impl Service {
                 let loaded_at = Instant::now();
                 let snapshot = self.db.begin_snapshot().await?;
                 let now = now_ms();
-                let cutoff = now - self.order_payment_ttl_ms();
+                let cutoff = self.payment_cutoff_ms(now);
                 let found = load_product_view(&snapshot, id, now, cutoff).await?;
                 snapshot.commit().await?;
                 self.cache.put(ticket, found.clone(), loaded_at);

@@ -170,6 +170,19 @@ pub async fn reclaim_overdue_orders(
     Ok(units)
 }
 
+/// Everything of `product_id` that is overdue at `now_ms` given back: overdue holds are
+/// marked expired and orders made at or before `cutoff_ms` and still unpaid cancelled
+/// ([`reclaim_overdue_holds`], [`reclaim_overdue_orders`]). Returns the units given back.
+pub async fn reclaim_overdue(
+    conn: &impl ConnectionTrait,
+    product_id: i64,
+    now_ms: i64,
+    cutoff_ms: i64,
+) -> Result<i64> {
+    Ok(reclaim_overdue_holds(conn, product_id, now_ms).await?
+        + reclaim_overdue_orders(conn, product_id, cutoff_ms, now_ms).await?)
+}
+
 /// Changes product `p`'s `total_stock` to `total` and its `available` by the same amount.
 /// The caller holds the product's lock and has checked that `available` stays >= 0.
 pub async fn restock(conn: &impl ConnectionTrait, p: &product::Model, total: i64) -> Result<()> {
@@ -184,8 +197,8 @@ pub async fn restock(conn: &impl ConnectionTrait, p: &product::Model, total: i64
         .exec(conn)
         .await?;
     assert_eq!(res.rows_affected, 1, "product {} vanished", p.id);
-    let direction = if delta > 0 { "up" } else { "down" };
     if delta != 0 {
+        let direction = if delta > 0 { "up" } else { "down" };
         metrics().restocks.with_label_values(&[direction]).inc();
     }
     Ok(())

@@ -276,7 +276,7 @@ impl Service {
             .select_only()
             .column(order::Column::Id)
             .filter(order::Column::Status.eq(OrderStatus::Pending))
-            .filter(order::Column::CreatedAtMs.lte(now - self.order_payment_ttl_ms()))
+            .filter(order::Column::CreatedAtMs.lte(self.payment_cutoff_ms(now)))
             .order_by_asc(order::Column::Id)
             .limit(SWEEP_BATCH)
             .into_tuple()
