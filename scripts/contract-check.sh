@@ -44,9 +44,12 @@ fuzz_url=$(start fuzz DEV_MODE=1 ADMIN_TOKEN=contract-admin CUSTOMER_JWT_SECRET=
 customer_token=$("$venv/bin/python" "$root/scripts/customer_token.py" "$customer_secret" contract-shopper)
 st=("$venv/bin/st" run "$root/openapi.yaml" --url "$fuzz_url" --seed 20261121 --max-examples 100)
 admin_ops=(create_product update_product list_refunds resolve_refund)
-echo "schemathesis: every public and buyer operation but the webhook, all checks"
+# The live stock stream answers 200 with a body that never ends, which schemathesis would
+# wait for: its 400 and 404 are checked by the black-box tests instead.
+echo "schemathesis: every public and buyer operation but the webhook and the stream, all checks"
 "${st[@]}" -H "Authorization: Bearer $customer_token" --checks all \
-  --exclude-operation-id payment_webhook "${admin_ops[@]/#/--exclude-operation-id=}"
+  --exclude-operation-id payment_webhook --exclude-operation-id stream_product \
+  "${admin_ops[@]/#/--exclude-operation-id=}"
 # What a schema cannot say makes some schema-valid requests refused: a sale's end must come
 # after its start, a stock reduction must fit what is free (409), and a refunds cursor must
 # be one the server gave; so schema-valid but refused is not checked for these.

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod customers;
+pub mod demo;
 pub mod http;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -28,10 +29,11 @@ pub struct App {
     acceptor: TimedAcceptor<TcpAcceptor>,
     local_addr: SocketAddr,
     state: http::State,
+    demo: Option<Arc<demo::Demo>>,
 }
 
 impl App {
-    /// Binds (port 0 works), then connects, migrates and seeds the demo product if asked:
+    /// Binds (port 0 works), then connects, migrates and seeds the demo products if asked:
     /// a port that is taken stops the start before the database is touched.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let acceptor = TcpListener::bind(config.bind.as_str())
@@ -43,7 +45,12 @@ impl App {
                     config.bind
                 )
             })?;
-        let customer_tokens = customers::CustomerTokens::from_config(&config.customers)?;
+        let mut customers = config.customers.clone();
+        let demo_secret = config
+            .demo
+            .then(|| demo::Demo::shopper_secret(&mut customers))
+            .transpose()?;
+        let customer_tokens = customers::CustomerTokens::from_config(&customers)?;
         let db = Db::connect(&config.database).await?;
         db.migrate().await?;
         tokio::spawn({
@@ -51,11 +58,12 @@ impl App {
             async move { db.watch_reachability().await }
         });
         let svc = Service::new(db, config.rules.clone());
-        if config.demo
-            && let Some(p) = svc.seed_demo().await?
-        {
-            tracing::info!(product_id = p.id, name = %p.name, stock = p.total_stock, "demo product created");
-        }
+        let demo = match demo_secret {
+            Some(secret) => Some(Arc::new(
+                demo::Demo::start(&svc, &secret, &customers).await?,
+            )),
+            None => None,
+        };
         let state = Arc::new(AppState::new(
             svc,
             config.admin_token.as_deref(),
@@ -71,6 +79,7 @@ impl App {
             acceptor: TimedAcceptor::new(acceptor, config.connection_timeouts()),
             local_addr,
             state,
+            demo,
         })
     }
 
@@ -84,10 +93,20 @@ impl App {
         self.state.svc.clone()
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// Serves until `shutdown` resolves, then ends the live stock streams and lets
+    /// in-flight requests finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        let live = self.state.svc.live.clone();
+        let shutdown = async move {
+            shutdown.await;
+            live.close();
+        };
         Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(http::routes(self.state), shutdown, Some(SHUTDOWN_GRACE))
+            .run_with_graceful_shutdown(
+                http::routes(self.state, self.demo),
+                shutdown,
+                Some(SHUTDOWN_GRACE),
+            )
             .await
     }
 }

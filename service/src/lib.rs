@@ -13,6 +13,7 @@ pub mod hold_groups;
 pub mod holds;
 pub mod jobs;
 pub mod letting_go;
+pub mod live;
 pub mod locks;
 pub mod metrics;
 pub mod orders;
@@ -51,6 +52,8 @@ pub struct Service {
     hold_groups: Arc<hold_groups::HoldGroups>,
     /// This process's memory of every product's sale settings.
     pub sales: Arc<sales::SaleMemory>,
+    /// This process's live stock feeds.
+    pub live: Arc<live::LiveStock>,
 }
 
 impl Service {
@@ -63,6 +66,7 @@ impl Service {
             cache: Arc::new(ProductCache::default()),
             hold_groups: Arc::default(),
             sales: Arc::default(),
+            live: Arc::default(),
         }
     }
 
@@ -73,14 +77,18 @@ impl Service {
 
     /// Commits `txn`. `changed`: the product whose public view it changed (stock, or a
     /// hold that counts as free or not), whose cached answer is invalidated after the
-    /// commit, even when this future is dropped half way.
+    /// commit, even when this future is dropped half way, and whose live feed is rung.
     async fn commit_changing(
         &self,
         txn: crate::db::WriteTxn,
         changed: Option<i64>,
     ) -> crate::Result<()> {
         let _invalidate = changed.map(|id| self.cache.invalidate_on_drop(id));
-        txn.commit().await?;
+        let committed = txn.commit().await;
+        if let Some(id) = changed {
+            self.live.changed(id);
+        }
+        committed?;
         Ok(())
     }
 

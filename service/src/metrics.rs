@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder, core::Collector,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
 
 /// Every metric of the process.
@@ -37,6 +37,10 @@ pub struct Metrics {
     pub refunds: IntCounterVec,
     /// Hold requests reserved together in one transaction.
     pub hold_group_size: Histogram,
+    /// Open live stock streams.
+    pub live_subscribers: IntGauge,
+    /// Live stock events published, once per product change, whatever the subscribers.
+    pub live_events: IntCounter,
 }
 
 /// Registers `metric` with `registry` and returns it.
@@ -90,6 +94,13 @@ impl Metrics {
             "Payments that cannot be honoured and must be refunded",
         )
         .expect("valid metric");
+        let live_subscribers =
+            IntGauge::new("live_subscribers", "Open live stock streams").expect("valid metric");
+        let live_events = IntCounter::new(
+            "live_events_total",
+            "Live stock events published (one per product change, whatever the subscribers)",
+        )
+        .expect("valid metric");
         Self {
             http_requests: counter(
                 r,
@@ -139,6 +150,8 @@ impl Metrics {
                 &["event"],
             ),
             hold_group_size: hold_group_size(r),
+            live_subscribers: register(r, live_subscribers),
+            live_events: register(r, live_events),
             registry,
         }
     }

@@ -22,6 +22,8 @@ use crate::{Error, Result};
 pub const MAX_NAME_CHARS: usize = 200;
 /// Largest price accepted, in cents (ten billion currency units).
 pub const MAX_PRICE_CENTS: i64 = 1_000_000_000_000;
+/// The demo storefront product's limit per customer.
+pub const DEMO_LIMIT_PER_CUSTOMER: i64 = 2;
 /// Largest stock accepted for one product.
 pub const MAX_TOTAL_STOCK: i64 = 1_000_000_000;
 
@@ -302,13 +304,41 @@ impl Service {
         Ok(ProductPage { items, next_after })
     }
 
-    /// Creates the demo product unless some product exists already.
-    pub async fn seed_demo(&self) -> Result<Option<ProductView>> {
+    /// Creates the demo's products unless some product exists already: "Limited sneaker
+    /// drop" without a limit per customer, for anonymous requests (the README's tour), and
+    /// "Court sneaker, flash edition", limited to [`DEMO_LIMIT_PER_CUSTOMER`] units per
+    /// customer (the storefront's). Returns what it created.
+    pub async fn seed_demo(&self) -> Result<Vec<ProductView>> {
         if product::Entity::find().count(&self.db.conn).await? > 0 {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let demo = NewProduct::parse("Limited sneaker drop", 12_999, 100, SaleSettings::default())?;
-        self.create_product(demo).await.map(Some)
+        let limited = SaleSettings::parse(None, None, Some(DEMO_LIMIT_PER_CUSTOMER), true)?;
+        let products = [
+            NewProduct::parse("Limited sneaker drop", 12_999, 100, SaleSettings::default())?,
+            NewProduct::parse("Court sneaker, flash edition", 8_999, 50, limited)?,
+        ];
+        let mut created = Vec::new();
+        for new in products {
+            created.push(self.create_product(new).await?);
+        }
+        Ok(created)
+    }
+
+    /// The product the demo storefront sells: the first with a limit per customer, else
+    /// the first of all; `None` when there is no product.
+    pub async fn storefront_product(&self) -> Result<Option<i64>> {
+        let first = |limited: bool| {
+            let mut q = product::Entity::find().order_by_asc(product::Column::Id);
+            if limited {
+                q = q.filter(product::Column::MaxPerCustomer.is_not_null());
+            }
+            q.one(&self.db.conn)
+        };
+        let found = match first(true).await? {
+            Some(p) => Some(p),
+            None => first(false).await?,
+        };
+        Ok(found.map(|p| p.id))
     }
 
     /// The product as the public sees it, from the cache when fresh.
@@ -317,16 +347,22 @@ impl Service {
             Ok(hit) => hit,
             Err(ticket) => {
                 let loaded_at = Instant::now();
-                let snapshot = self.db.begin_snapshot().await?;
-                let now = now_ms();
-                let cutoff = self.payment_cutoff_ms(now);
-                let found = load_product_view(&snapshot, id, now, cutoff).await?;
-                snapshot.commit().await?;
+                let found = self.load_product(id).await?;
                 self.cache.put(ticket, found.clone(), loaded_at);
                 found
             }
         };
         found.ok_or(Error::ProductNotFound(id))
+    }
+
+    /// The product as the public sees it, read from the database now.
+    pub(crate) async fn load_product(&self, id: i64) -> Result<Option<ProductView>> {
+        let snapshot = self.db.begin_snapshot().await?;
+        let now = now_ms();
+        let cutoff = self.payment_cutoff_ms(now);
+        let found = load_product_view(&snapshot, id, now, cutoff).await?;
+        snapshot.commit().await?;
+        Ok(found)
     }
 }
 

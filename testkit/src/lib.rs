@@ -15,6 +15,7 @@ mod proxy;
 mod reply;
 mod sdk;
 mod signing;
+mod stream;
 mod tokens;
 mod wait;
 
@@ -27,6 +28,7 @@ pub use processes::{TestWorker, assert_audit, audit, sweep};
 pub use proxy::TcpProxy;
 pub use reply::{Reply, hold_id, order_id};
 pub use signing::{sign, unix_now};
+pub use stream::{ProductStream, SseEvent};
 pub use tokens::{
     CUSTOMER_ENV, CUSTOMER_SECRET, EC_PRIVATE_PEM, EC_PUBLIC_KEY_FILE, EC_PUBLIC_PEM,
     RSA_PRIVATE_PEM, RSA_PUBLIC_KEY_FILE, RSA_PUBLIC_PEM, TOKEN_LIFETIME_SECS, TokenKey,

@@ -59,15 +59,20 @@ impl<'a> ApiExtractor<'a> for Caller {
             return Ok(Self(None));
         };
         let state = req.data::<State>().expect("the routes carry the state");
-        verify(state, value).map(|c| Self(Some(c))).map_err(|why| {
-            tracing::info!(reason = %why, "customer token refused");
-            poem::Error::from_response(invalid_token(why))
-        })
+        verify_header(state, value)
+            .map(|c| Self(Some(c)))
+            .map_err(|why| {
+                tracing::info!(reason = %why, "customer token refused");
+                poem::Error::from_response(invalid_token(why))
+            })
     }
 }
 
 /// The customer named by the `Authorization` header `value`, or why it is refused.
-fn verify(state: &State, value: &header::HeaderValue) -> Result<CustomerId, String> {
+pub(crate) fn verify_header(
+    state: &State,
+    value: &header::HeaderValue,
+) -> Result<CustomerId, String> {
     let tokens = state
         .customer_tokens
         .as_ref()
@@ -83,7 +88,7 @@ fn verify(state: &State, value: &header::HeaderValue) -> Result<CustomerId, Stri
 }
 
 /// 401 `invalid_token`, with the challenge RFC 6750 asks for.
-fn invalid_token(message: String) -> Response {
+pub(crate) fn invalid_token(message: String) -> Response {
     let body = ErrorBody {
         code: "invalid_token".into(),
         message,

@@ -4,7 +4,7 @@
 //! (`routes`) and the served OpenAPI document (`spec`).
 
 pub mod body;
-mod customer;
+pub(crate) mod customer;
 pub mod error;
 mod holds;
 pub mod middleware;
@@ -18,6 +18,7 @@ pub mod signature;
 pub mod spec;
 pub mod state;
 
+pub use payments::WebhookResponse;
 pub(crate) use routes::ApiTags;
 pub use routes::{openapi, routes};
 pub use state::{AppState, State};

@@ -11,7 +11,12 @@ use poem_openapi::{
 };
 use serde::Deserialize;
 
-use poem::web::Data;
+use futures::{StreamExt, stream::BoxStream};
+use poem::web::{Data, sse::Event};
+use poem_openapi::{payload::EventStream, types::ToJSON};
+
+/// How often a live stock stream that has nothing new says so, keeping proxies open.
+const STREAM_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 use super::{ApiTags, State, body::JsonBody, error::operation_errors};
 use service::{
@@ -67,8 +72,16 @@ pub struct Product {
 
 impl From<ProductView> for Product {
     fn from(p: ProductView) -> Self {
+        let sale_state = p.sale_state();
+        Self::of(p, sale_state)
+    }
+}
+
+impl Product {
+    /// The answer for `p` with its sale in `sale_state`.
+    fn of(p: ProductView, sale_state: ServiceSaleState) -> Self {
         Self {
-            sale_state: p.sale_state().into(),
+            sale_state: sale_state.into(),
             sale_starts_at: p.sale.starts_at_ms.map(to_datetime),
             sale_ends_at: p.sale.ends_at_ms.map(to_datetime),
             max_per_customer: p.sale.max_per_customer,
@@ -249,6 +262,16 @@ pub enum GetProductResponse {
     Ok(Json<Product>),
 }
 
+/// Answers of `GET /api/products/{id}/stream`.
+#[derive(ApiResponse)]
+pub enum StreamProductResponse {
+    /// Server-sent events named `product`, each carrying the product as `GET
+    /// /api/products/{id}` shows it: one at once, then one per change (at most one per
+    /// 200 ms, with the latest value), and a comment line every 15 s while nothing changes.
+    #[oai(status = 200)]
+    Ok(EventStream<BoxStream<'static, Product>>),
+}
+
 /// Answers of `POST /api/admin/products`.
 #[derive(ApiResponse)]
 pub enum CreateProductResponse {
@@ -328,6 +351,32 @@ impl ProductsApi {
         Ok(GetProductResponse::Ok(Json(
             state.svc.product(id.0).await?.into(),
         )))
+    }
+
+    /// Watch a product's stock and sale
+    ///
+    /// A `text/event-stream` of `product` events: the product at once, then again whenever
+    /// its stock, sale state or settings change, whichever process made the change (within
+    /// a second), at most one event per 200 ms with the latest value. A client that reads
+    /// slowly skips to the latest value. Comment lines keep the connection open while
+    /// nothing changes. The stream ends when the server shuts down; reconnect then.
+    #[oai(
+        path = "/products/:id/stream",
+        method = "get",
+        operation_id = "stream_product"
+    )]
+    async fn stream_product(
+        &self,
+        state: Data<&State>,
+        id: Path<i64>,
+    ) -> Result<StreamProductResponse, GetProductError> {
+        let views = state.svc.watch_product(id.0).await?;
+        let products = views.map(|v| Product::of(v.product.clone(), v.sale_state));
+        Ok(StreamProductResponse::Ok(
+            EventStream::new(products.boxed())
+                .keep_alive(STREAM_KEEP_ALIVE)
+                .to_event(|p| Event::message(p.to_json_string()).event_type("product")),
+        ))
     }
 
     /// List products

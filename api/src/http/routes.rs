@@ -2,8 +2,12 @@
 //! every route of the server with its middleware, and the route templates that metrics
 //! and `405 Allow` answers are keyed by.
 
+use std::sync::Arc;
+
 use poem::{Endpoint, EndpointExt, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
+
+use crate::demo::{self, Demo};
 
 use super::{State, error, holds, middleware, ops, orders, payments, products, refunds, spec};
 
@@ -51,10 +55,10 @@ pub fn openapi() -> OpenApiService<
     .description("Checkout back end for flash sales: holds, orders and payment webhooks that never oversell.")
 }
 
-/// Every route of the server.
-pub fn routes(state: State) -> impl Endpoint<Output = Response> {
-    spec::serve(Route::new(), state.svc.rules.max_qty_per_hold)
-        .nest("/", openapi())
+/// Every route of the server; `demo`: demo mode's storefront and its routes.
+pub fn routes(state: State, demo: Option<Arc<Demo>>) -> impl Endpoint<Output = Response> {
+    let route = spec::serve(Route::new(), state.svc.rules.max_qty_per_hold).nest("/", openapi());
+    demo::serve(route, demo)
         .around(middleware::refuse_while_database_down)
         .data(state)
         .catch_all_error(error::catch_all)
@@ -97,7 +101,13 @@ pub(crate) fn route_of(path: &str) -> Option<&'static (String, Vec<String>, Stri
     })
 }
 
-/// The methods served at `path` (paths outside the OpenAPI document serve GET only).
+/// The methods served at `path` (paths outside the OpenAPI document serve GET only, but
+/// the demo's few that take POST).
 pub(crate) fn allowed_methods(path: &str) -> &'static str {
-    route_of(path).map_or("GET", |(_, _, methods)| methods.as_str())
+    let outside = if demo::POST_PATHS.contains(&path) {
+        "POST"
+    } else {
+        "GET"
+    };
+    route_of(path).map_or(outside, |(_, _, methods)| methods.as_str())
 }

@@ -4,11 +4,13 @@
 mod concurrency;
 mod connections;
 mod contract;
+mod demo;
 mod edges;
 mod expiry;
 mod faults;
 mod letting_go;
 mod lifecycle;
+mod live;
 mod sales;
 mod spec;
 mod trust;
