@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT_SECS", default_value_t = listener::DEFAULT_REQUEST_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub http_request_timeout_secs: u64,
 
+    /// Most live stock streams (`GET /api/products/{id}/stream`) served at once; more are
+    /// refused 503 `too_many_subscribers`. Keep it under the open-file limit, less what the
+    /// other connections and the database pool need.
+    #[arg(long, env = "LIVE_MAX_SUBSCRIBERS", default_value_t = service::live::DEFAULT_MAX_SUBSCRIBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub live_max_subscribers: usize,
+
     /// Also run the worker's jobs and sweep in this process (one-process development setup).
     #[arg(long, env = "WITH_WORKER", value_parser = BoolishValueParser::new())]
     pub with_worker: bool,

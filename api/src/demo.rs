@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use jsonwebtoken::{EncodingKey, Header};
 use poem::{
-    Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler,
+    Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route,
+    error::ReadBodyError,
+    get, handler,
     http::{StatusCode, header},
     post,
     web::{Data, Html, Json, Redirect},
@@ -23,6 +25,7 @@ use crate::{
     customers::CustomerTokenConfig,
     http::{
         State, WebhookResponse,
+        body::MAX_BODY_BYTES,
         customer::{invalid_token, verify_header},
         error::{ApiError, error_response},
     },
@@ -62,6 +65,10 @@ impl Demo {
             .clone()
             .filter(|s| !s.is_empty())
         {
+            tracing::warn!(
+                "--demo hands out customer tokens signed with CUSTOMER_JWT_SECRET to anyone \
+                 who asks: never run it with a secret a real shop's login uses"
+            );
             return Ok(secret);
         }
         anyhow::ensure!(
@@ -163,6 +170,7 @@ fn asset(content_type: &str, text: &'static str) -> Response {
     Response::builder()
         .content_type(content_type)
         .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .body(text)
 }
 
@@ -234,15 +242,22 @@ async fn pay(req: &Request, body: Body, state: Data<&State>) -> Response {
 async fn paid(req: &Request, body: Body, state: &State) -> Result<Response, Response> {
     let refuse = |e: service::Error| ApiError::from(e).into_response();
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return Err(invalid_token(
-            "a demo payment needs the shopper's token".into(),
+        let message = "a demo payment needs the shopper's token";
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "customer_token_required",
+            message,
         ));
     };
     let customer = verify_header(state, value).map_err(invalid_token)?;
     let bytes = body
-        .into_bytes()
+        .into_bytes_limit(MAX_BODY_BYTES)
         .await
-        .map_err(|e| ApiError::invalid_json(e.to_string()).into_response())?;
+        .map_err(|e| match e {
+            ReadBodyError::PayloadTooLarge => ApiError::payload_too_large(),
+            other => ApiError::invalid_json(format!("cannot read body: {other}")),
+        })
+        .map_err(IntoResponse::into_response)?;
     let request: PayRequest = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => refuse(service::Error::validation(
             "body",
@@ -250,9 +265,11 @@ async fn paid(req: &Request, body: Body, state: &State) -> Result<Response, Resp
         )),
         _ => ApiError::invalid_json(e.to_string()).into_response(),
     })?;
+    // Only the shopper's own hold: an anonymous one is not theirs to pay for (and pinning
+    // it would take it from whoever holds its id).
     state
         .svc
-        .hold(request.hold_id, Some(&customer))
+        .own_hold(request.hold_id, &customer)
         .await
         .map_err(refuse)?;
     let key = format!("demo-{}", request.hold_id);

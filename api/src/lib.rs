@@ -57,7 +57,8 @@ impl App {
             let db = db.clone();
             async move { db.watch_reachability().await }
         });
-        let svc = Service::new(db, config.rules.clone());
+        let svc =
+            Service::new(db, config.rules.clone()).with_live_limit(config.live_max_subscribers);
         let demo = match demo_secret {
             Some(secret) => Some(Arc::new(
                 demo::Demo::start(&svc, &secret, &customers).await?,

@@ -105,7 +105,9 @@ impl<A: Acceptor> Acceptor for TimedAcceptor<A> {
 
 /// A connection that fails its pending read once the current deadline passes: the idle
 /// deadline while no request is under way, the request deadline from a request's first
-/// byte until the server writes its answer.
+/// byte until the server writes its answer. A write that cannot go out for the request
+/// timeout fails too: a client that stops reading (a live stock stream it never reads)
+/// does not hold its connection forever.
 pub struct TimedIo<S> {
     inner: S,
     timeouts: ConnectionTimeouts,
@@ -114,6 +116,8 @@ pub struct TimedIo<S> {
     /// Armed by the first read that has to wait, reset by a request's first byte and by
     /// every write.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Armed by the first write that has to wait, reset by any write that goes out.
+    write_deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> TimedIo<S> {
@@ -123,6 +127,36 @@ impl<S> TimedIo<S> {
             timeouts,
             receiving: false,
             deadline: None,
+            write_deadline: None,
+        }
+    }
+
+    /// What a write that returned `result` means: progress clears both deadlines (the
+    /// answer is going out, so what comes in next is a new request); a write that has to
+    /// wait fails once it has waited for the request timeout.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Pending => {
+                let after = self.timeouts.request;
+                let stall = self.write_deadline.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + after))
+                });
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client stopped taking the answer",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.write_deadline = None;
+                ready
+            }
         }
     }
 
@@ -187,7 +221,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
             this.receiving = false;
             this.deadline = None;
         }
-        result
+        this.after_write(cx, result)
     }
 
     fn poll_write_vectored(
@@ -201,7 +235,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
             this.receiving = false;
             this.deadline = None;
         }
-        result
+        this.after_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -209,7 +243,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.after_write(cx, result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -238,4 +274,57 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn timeouts(request: Duration) -> ConnectionTimeouts {
+        ConnectionTimeouts {
+            idle: Duration::from_secs(60),
+            request,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_takes_fails_after_the_request_timeout() {
+        let (server, _client) = tokio::io::duplex(64);
+        let mut io = TimedIo::new(server, timeouts(Duration::from_secs(30)));
+        let started = Instant::now();
+        let chunk = [b'x'; 64];
+        let stalled = async {
+            loop {
+                if let Err(e) = io.write_all(&chunk).await {
+                    break e;
+                }
+            }
+        };
+        let err = tokio::time::timeout(Duration::from_secs(120), stalled)
+            .await
+            .expect("the stalled write never failed");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_taking_the_answer_is_not_cut_off() {
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut io = TimedIo::new(server, timeouts(Duration::from_secs(30)));
+        let reader = tokio::spawn(async move {
+            let mut buf = [0; 64];
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                let _ = client.read(&mut buf).await;
+            }
+        });
+        // Each 64-byte write waits 20 s for the reader: under the timeout every time.
+        for _ in 0..10 {
+            io.write_all(&[b'x'; 64])
+                .await
+                .expect("a write that makes progress");
+        }
+        reader.abort();
+    }
 }

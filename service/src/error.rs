@@ -109,6 +109,9 @@ pub enum Error {
     /// The database could not serve the request in time; nothing of it was written.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// This process already serves as many live stock streams as it may.
+    #[error("this server already streams to {0} subscribers; retry later or elsewhere")]
+    TooManySubscribers(usize),
     /// The request's writes may or may not have been committed: its commit failed, or its
     /// transaction did not end in time. Never "unavailable", which promises that nothing
     /// was written.
@@ -145,7 +148,7 @@ impl Error {
     /// been written: the answer is "retry later".
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Unavailable(_) => true,
+            Self::Unavailable(_) | Self::TooManySubscribers(_) => true,
             Self::Database(db) => database_unavailable(db),
             _ => false,
         }
@@ -174,6 +177,7 @@ impl Error {
             Self::Unauthorized => "unauthorized",
             Self::InvalidSignature(_) => "invalid_signature",
             Self::Unavailable(_) => "database_unavailable",
+            Self::TooManySubscribers(_) => "too_many_subscribers",
             Self::Database(db) if database_unavailable(db) => "database_unavailable",
             Self::OutcomeUnknown(_) | Self::Internal(_) | Self::Database(_) => "internal_error",
         }

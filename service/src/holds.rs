@@ -484,6 +484,16 @@ impl Service {
             .ok_or(Error::HoldNotFound(id))?;
         Ok(HoldView::current(&h, now_ms()))
     }
+
+    /// Hold `id` if it is `customer`'s own: an anonymous hold is nobody's here.
+    pub async fn own_hold(&self, id: i64, customer: &CustomerId) -> Result<HoldView> {
+        let h = hold::Entity::find_by_id(id)
+            .one(&self.db.conn)
+            .await?
+            .filter(|h| h.customer_id.as_deref() == Some(customer.as_str()))
+            .ok_or(Error::HoldNotFound(id))?;
+        Ok(HoldView::current(&h, now_ms()))
+    }
 }
 
 /// The part of the locked step for a product limited per customer, once the UPDATE has

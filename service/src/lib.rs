@@ -70,6 +70,12 @@ impl Service {
         }
     }
 
+    /// The same service serving at most `max_subscribers` live stock streams at once.
+    pub fn with_live_limit(mut self, max_subscribers: usize) -> Self {
+        self.live = Arc::new(live::LiveStock::new(max_subscribers));
+        self
+    }
+
     /// How long a new hold reserves its units, in milliseconds.
     fn hold_ttl_ms(&self) -> i64 {
         i64::try_from(self.rules.hold_ttl_secs).expect("bounded by config") * 1000
@@ -83,12 +89,12 @@ impl Service {
         txn: crate::db::WriteTxn,
         changed: Option<i64>,
     ) -> crate::Result<()> {
-        let _invalidate = changed.map(|id| self.cache.invalidate_on_drop(id));
-        let committed = txn.commit().await;
-        if let Some(id) = changed {
-            self.live.changed(id);
-        }
-        committed?;
+        let _changed = changed.map(|id| ChangedOnDrop {
+            _invalidate: self.cache.invalidate_on_drop(id),
+            live: &self.live,
+            id,
+        });
+        txn.commit().await?;
         Ok(())
     }
 
@@ -101,6 +107,21 @@ impl Service {
     /// past its payment deadline.
     pub(crate) fn payment_cutoff_ms(&self, now_ms: i64) -> i64 {
         now_ms - self.order_payment_ttl_ms()
+    }
+}
+
+/// Taken just before the commit of a change to a product: once the commit is done, or its
+/// future dropped half way (a client that went away), invalidates the product's cached
+/// answer and rings its live feed. Doing so after a commit that failed is harmless.
+struct ChangedOnDrop<'a> {
+    _invalidate: cache::InvalidateOnDrop<'a>,
+    live: &'a live::LiveStock,
+    id: i64,
+}
+
+impl Drop for ChangedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.live.changed(self.id);
     }
 }
 

@@ -54,7 +54,8 @@ pub enum ApiError {
     /// An unexpected failure (`internal_error`).
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
-    /// The database cannot be reached (`database_unavailable`).
+    /// The database cannot be reached (`database_unavailable`), or the process serves as
+    /// many live stock streams as it may (`too_many_subscribers`).
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
@@ -104,6 +105,10 @@ impl From<Error> for ApiError {
             Error::Validation { .. } => Self::Unprocessable(b),
             Error::Unauthorized | Error::InvalidSignature(_) | Error::CustomerTokenRequired(_) => {
                 Self::Unauthorized(b)
+            }
+            Error::TooManySubscribers(_) => {
+                tracing::warn!("live stock stream refused: LIVE_MAX_SUBSCRIBERS reached");
+                Self::Unavailable(b)
             }
             Error::Unavailable(why) => {
                 tracing::warn!(reason = why, "request refused: database unavailable");

@@ -359,7 +359,9 @@ impl ProductsApi {
     /// its stock, sale state or settings change, whichever process made the change (within
     /// a second), at most one event per 200 ms with the latest value. A client that reads
     /// slowly skips to the latest value. Comment lines keep the connection open while
-    /// nothing changes. The stream ends when the server shuts down; reconnect then.
+    /// nothing changes. The stream ends when the server shuts down; reconnect then. A
+    /// server already serving `LIVE_MAX_SUBSCRIBERS` streams answers 503
+    /// `too_many_subscribers`.
     #[oai(
         path = "/products/:id/stream",
         method = "get",

@@ -153,7 +153,7 @@ async fn a_demo_payment_needs_the_shoppers_own_token_and_a_well_formed_body(back
     let body = json!({"hold_id": hold});
     demo_pay(&app, None, &body)
         .await
-        .assert_error(401, "invalid_token");
+        .assert_error(401, "customer_token_required");
     demo_pay(&app, Some("not-a-token"), &body)
         .await
         .assert_error(401, "invalid_token");
@@ -166,6 +166,31 @@ async fn a_demo_payment_needs_the_shoppers_own_token_and_a_well_formed_body(back
     demo_pay(&app, Some(&token), &json!({"hold_id": 999_999}))
         .await
         .assert_error(404, "hold_not_found");
+    // An anonymous hold is nobody's: no shopper may pay for it (and so pin it).
+    let anonymous = hold_id(&app.hold_as(None, 1, 1, None).await);
+    demo_pay(&app, Some(&token), &json!({"hold_id": anonymous}))
+        .await
+        .assert_error(404, "hold_not_found");
+    let released = app
+        .request(
+            Method::DELETE,
+            &format!("/api/holds/{anonymous}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(released.body["status"], "released", "{}", released.body);
+    // A chunked body has no length to refuse up front: it is cut at 64 KiB as it arrives.
+    let chunks = (0..20).map(|_| Ok::<_, std::io::Error>(vec![b' '; 8 * 1024]));
+    // On a client of its own: the server closes that connection after its 413.
+    let big = reqwest::Client::new()
+        .post(app.url("/demo/payments"))
+        .header("authorization", bearer(&token))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(big.status(), 413);
     let raw = app
         .request_raw(
             Method::POST,

@@ -21,6 +21,7 @@ on_both_backends!(
     the_stream_keeps_a_quiet_connection_open_with_comments,
     streams_end_and_the_server_exits_cleanly_on_sigterm,
     open_streams_are_counted_in_the_metrics,
+    streams_past_the_limit_are_refused_until_one_ends,
 );
 
 /// Bound on a change reaching a subscriber: the SPEC's one second, with room for a slow
@@ -141,7 +142,7 @@ async fn changes_made_by_another_process_reach_the_stream_within_a_second(backen
 }
 
 async fn an_expiring_hold_and_a_starting_sale_are_pushed_without_any_request(backend: Backend) {
-    let (_db, app) = setup!(backend, &[("HOLD_TTL_SECS", "1")]);
+    let (_db, app) = setup!(backend, &[("HOLD_TTL_SECS", "3")]);
     let product = app.create_product(4, 500).await;
     hold_id(&app.hold_as(None, product, 4, None).await);
     let mut stream = open(&app, product).await;
@@ -149,14 +150,14 @@ async fn an_expiring_hold_and_a_starting_sale_are_pushed_without_any_request(bac
     assert_eq!(first.data["available_stock"], 0, "{}", first.data);
     // No worker runs and nothing is asked: only the clock moves.
     let back = stream
-        .until(Duration::from_secs(1) + WITHIN, |p| {
+        .until(Duration::from_secs(3) + WITHIN, |p| {
             p["available_stock"] == 4
         })
         .await
         .expect("the expired hold's units are pushed back");
     assert_eq!(back.data["total_stock"], 4);
 
-    let starts = unix_now() + 2;
+    let starts = unix_now() + 4;
     let upcoming = app
         .create_sale_product(json!({
             "name": "Opens soon", "price_cents": 100, "total_stock": 3,
@@ -167,7 +168,7 @@ async fn an_expiring_hold_and_a_starting_sale_are_pushed_without_any_request(bac
     let first = stream.next_product(WITHIN).await.expect("first event");
     assert_eq!(first.data["sale_state"], "upcoming", "{}", first.data);
     let live = stream
-        .until(Duration::from_secs(2) + WITHIN, |p| {
+        .until(Duration::from_secs(4) + WITHIN, |p| {
             p["sale_state"] == "live"
         })
         .await
@@ -180,30 +181,31 @@ async fn a_burst_of_changes_is_coalesced_and_ends_on_the_latest_value(backend: B
     let product = app.create_product(100, 500).await;
     let mut stream = open(&app, product).await;
     stream.next_product(WITHIN).await.expect("first event");
-    // 40 holds of one unit, eight at a time, as fast as the server takes them.
-    for _ in 0..5 {
-        let holds = (0..8).map(|_| app.hold_as(None, product, 1, None));
-        for r in futures::future::join_all(holds).await {
-            assert_eq!(r.status, 201, "{}", r.body);
+    // 40 one-unit holds spread over about two seconds, read as they come.
+    let changes = async {
+        let started = std::time::Instant::now();
+        for _ in 0..40 {
+            hold_id(&app.hold_as(None, product, 1, None).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-    let mut events = Vec::new();
-    while let Some(e) = stream.next_product(Duration::from_millis(1500)).await {
-        let done = e.data["available_stock"] == 60;
-        events.push(e);
-        if done {
-            break;
+        started.elapsed()
+    };
+    let reading = async {
+        let mut events = Vec::new();
+        while let Some(e) = stream.next_product(Duration::from_secs(3)).await {
+            let done = e.data["available_stock"] == 60;
+            events.push(e);
+            if done {
+                break;
+            }
         }
-    }
+        events
+    };
+    let (took, events) = tokio::join!(changes, reading);
     assert_eq!(
         events.last().map(|e| e.data["available_stock"].clone()),
         Some(json!(60)),
         "the stream does not end on the latest value"
-    );
-    assert!(
-        events.len() < 40,
-        "{} events for 40 changes: not coalesced",
-        events.len()
     );
     for pair in events.windows(2) {
         let gap = pair[1].at - pair[0].at;
@@ -213,6 +215,17 @@ async fn a_burst_of_changes_is_coalesced_and_ends_on_the_latest_value(backend: B
             "two events {gap:?} apart"
         );
     }
+    let most = took.as_millis() / 200 + 3;
+    assert!(
+        (events.len() as u128) <= most,
+        "{} events in {took:?}: not coalesced",
+        events.len()
+    );
+    assert!(
+        events.len() >= 3,
+        "{} events for changes over {took:?}: the stream does not follow them",
+        events.len()
+    );
 }
 
 async fn a_subscriber_that_never_reads_does_not_hold_back_the_others(backend: Backend) {
@@ -279,7 +292,7 @@ async fn streams_end_and_the_server_exits_cleanly_on_sigterm(backend: Backend) {
 
 async fn open_streams_are_counted_in_the_metrics(backend: Backend) {
     let (_db, app) = setup!(backend);
-    let product = app.create_product(5, 500).await;
+    let product = app.create_product(1_000, 500).await;
     assert_eq!(metric(&app, "flashsale_live_subscribers").await, 0.0);
     let mut streams = Vec::new();
     for _ in 0..3 {
@@ -303,5 +316,33 @@ async fn open_streams_are_counted_in_the_metrics(backend: Backend) {
     assert!(
         metric(&app, "flashsale_live_events_total").await > events,
         "changes published no event"
+    );
+}
+
+async fn streams_past_the_limit_are_refused_until_one_ends(backend: Backend) {
+    let (_db, app) = setup!(backend, &[("LIVE_MAX_SUBSCRIBERS", "2")]);
+    let product = app.create_product(50, 500).await;
+    let mut first = open(&app, product).await;
+    first.next_product(WITHIN).await.expect("first event");
+    let _second = open(&app, product).await;
+    let Err(refused) = app.stream(&product.to_string()).await else {
+        panic!("a third stream past LIVE_MAX_SUBSCRIBERS=2");
+    };
+    refused.assert_error(503, "too_many_subscribers");
+    // Other requests are served as usual.
+    assert_eq!(
+        app.get(&format!("/api/products/{product}")).await.status,
+        200
+    );
+
+    drop(first);
+    // The server notices the closed stream at its next write: changes make it write.
+    assert!(
+        testkit::eventually(Duration::from_secs(5), || async {
+            hold_id(&app.hold_as(None, product, 1, None).await);
+            app.stream(&product.to_string()).await.is_ok()
+        })
+        .await,
+        "a place freed by a closed stream is not given again"
     );
 }
