@@ -16,6 +16,18 @@ fn bin_dir() -> &'static PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.current_dir(&root)
             .args(["build", "--quiet", "-p", "api", "-p", "worker", "--bins"]);
+        // Cargo gives this test process its package's CARGO_MANIFEST_DIR and CARGO_PKG_*;
+        // build scripts that watch those (ring's) would see them change from a build run
+        // from a shell, and rebuild the TLS stack and everything above it each time.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            {
+                cmd.env_remove(&*name);
+            }
+        }
         if release {
             cmd.arg("--release");
         }
