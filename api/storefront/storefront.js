@@ -85,7 +85,10 @@ function render() {
     $("limit").hidden = product.max_per_customer === null;
     $("limit").textContent = `Limit ${product.max_per_customer} per customer`;
     $("qty").max = product.max_per_customer || 10;
-    $("reserve").disabled = product.sale_state !== "live" || product.available_stock === 0;
+    // The product is limited per customer: a hold needs the shopper's token, which may
+    // arrive after the stream's first event.
+    $("reserve").disabled =
+      !shopper || product.sale_state !== "live" || product.available_stock === 0;
     $("reserve").textContent = product.available_stock === 0 ? "Sold out" : "Reserve";
   }
   tick();
