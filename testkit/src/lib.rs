@@ -1,11 +1,14 @@
 //! Helpers for the black-box tests: a fresh database per test (a temporary SQLite file, or
 //! `CREATE DATABASE t_<uuid>` on the PostgreSQL at `TEST_DATABASE_URL`), the real
 //! `flashsale-api` and `flashsale-worker` binaries as processes, a TCP proxy to take the
-//! database away, and calls through the generated SDK: typed where they must succeed
-//! (`hold_ok`), a [`Reply`] where a test asserts the error (`hold`).
+//! database away, calls through the generated SDK: typed where they must succeed
+//! (`hold_ok`), a [`Reply`] where a test asserts the error (`hold`), and, with the
+//! `browser` feature, a headless Chromium to use the demo storefront with.
 
 mod app;
 mod bins;
+#[cfg(feature = "browser")]
+mod browser;
 mod customers;
 mod db;
 mod faults;
@@ -21,6 +24,8 @@ mod wait;
 
 pub use app::{ADMIN_TOKEN, TestApp};
 pub use bins::bin;
+#[cfg(feature = "browser")]
+pub use browser::{Browser, Page};
 pub use customers::{bearer, rfc3339, rfc3339_millis};
 pub use db::{Backend, DEFAULT_PG_URL, TestDb};
 pub use faults::{StuckWriter, execute, query_i64, stored_status};

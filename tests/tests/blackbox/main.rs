@@ -1,5 +1,6 @@
 //! Black-box tests: the real `flashsale-api` (and `flashsale-worker audit`) over HTTP, a
-//! fresh database per test, every test on SQLite and on PostgreSQL.
+//! fresh database per test, every test on SQLite and on PostgreSQL; the demo storefront in
+//! a headless Chromium.
 
 mod concurrency;
 mod connections;
@@ -13,6 +14,7 @@ mod lifecycle;
 mod live;
 mod sales;
 mod spec;
+mod storefront;
 mod trust;
 mod upgrade;
 mod webhook;
