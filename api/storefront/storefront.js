@@ -12,8 +12,11 @@ let shopper = null;
 let product = null;
 let hold = null;
 let order = null;
+/** A button's request is under way: Reserve waits for it (no double submit). */
+let busy = false;
 
-/** Calls the API; resolves to the JSON body, or throws an Error with the API's message. */
+/** Calls the API; resolves to the JSON body, or throws an Error with the API's message
+ * (and its `code`). */
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
   if (shopper) headers.Authorization = `Bearer ${shopper.token}`;
@@ -24,7 +27,11 @@ async function api(method, path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = await resp.json().catch(() => ({}));
-  if (!resp.ok) throw new Error(data.message || `the server answered ${resp.status}`);
+  if (!resp.ok) {
+    const err = new Error(data.message || `the server answered ${resp.status}`);
+    err.code = data.code;
+    throw err;
+  }
   return data;
 }
 
@@ -43,13 +50,33 @@ async function act(button, action) {
   showError(null);
   showNotice(null);
   button.disabled = true;
+  busy = true;
   try {
     await action();
   } catch (err) {
     showError(err);
+    if (err.code === "invalid_token") await signInAgain();
   } finally {
+    busy = false;
     button.disabled = false;
     render();
+  }
+}
+
+/** The tab's token no longer verifies (the demo server restarted with a new secret, or
+ * it expired): start over as a new shopper. */
+async function signInAgain() {
+  for (const key of ["flashsale.shopper", "flashsale.hold", "flashsale.order"]) {
+    saved.removeItem(key);
+  }
+  shopper = null;
+  hold = null;
+  order = null;
+  try {
+    await signIn();
+    showNotice("Your session had ended: you are now a new shopper. Please try again.");
+  } catch (err) {
+    showError(err);
   }
 }
 
@@ -87,8 +114,10 @@ function render() {
     $("qty").max = product.max_per_customer || 10;
     // The product is limited per customer: a hold needs the shopper's token, which may
     // arrive after the stream's first event.
+    // One hold at a time: while one is active, or its order is unpaid, Reserve waits.
+    const cartOpen = (hold && hold.status === "active" && !order) || (order && order.status === "pending");
     $("reserve").disabled =
-      !shopper || product.sale_state !== "live" || product.available_stock === 0;
+      !shopper || busy || cartOpen || product.sale_state !== "live" || product.available_stock === 0;
     $("reserve").textContent = product.available_stock === 0 ? "Sold out" : "Reserve";
   }
   tick();
@@ -170,7 +199,8 @@ async function pay() {
   });
 }
 
-/** The live stock stream; the browser reconnects by itself when it drops. */
+/** The live stock stream. The browser reconnects by itself when it drops, but not after
+ * an answer that is no stream (a 503 while the server is restarting): then this does. */
 function listen() {
   const events = new EventSource(`/api/products/${productId}/stream`);
   events.addEventListener("product", (e) => {
@@ -182,6 +212,10 @@ function listen() {
   events.onerror = () => {
     $("live-dot").classList.remove("on");
     $("live-text").textContent = "Live stock interrupted: reconnecting…";
+    if (events.readyState === EventSource.CLOSED) {
+      events.close();
+      setTimeout(listen, 3000);
+    }
   };
 }
 
