@@ -79,7 +79,7 @@ impl Load {
 }
 
 /// A latency histogram from 1 µs to 60 s, three significant digits.
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")
 }
 

@@ -6,15 +6,20 @@
 //!   transaction (`SELECT … FOR UPDATE`, `INSERT`, `UPDATE`), at the same client counts;
 //! - `GET /health` of the same server: the HTTP ceiling.
 //!
+//! live-stock holds 10,000 event streams open on one server while holds run, and reports
+//! the delay from a change to its event and the server's memory with and without them.
+//!
 //! `cargo run --release -p bench -- --write` reproduces BENCHMARKS.md;
 //! `--only limited-sale --only pre-sale` measures just those scenarios and the baselines
 //! they are divided by, and prints them.
 
+mod fd_limit;
 mod load;
 mod pgbench;
 mod probes;
 mod report;
 mod scenarios;
+mod sse;
 
 use clap::Parser;
 use testkit::Backend;
@@ -47,14 +52,21 @@ const CLIENT_COUNTS: [usize; 3] = [16, 64, 256];
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let only = scenarios::Selection::new(cli.only);
+    // Before any server starts: each inherits the limit.
+    fd_limit::raise(only.open_files())?;
     let pg = pgbench::baselines(cli.seconds, |script, c| only.needs(script, c)).await?;
-    let (mut rows, postgres) = scenarios::run(Backend::Postgres, &pg, cli.seconds, &only).await?;
-    let (sqlite_rows, sqlite) = scenarios::run(Backend::Sqlite, &pg, cli.seconds, &only).await?;
-    rows.extend(sqlite_rows);
-    let table = report::table(&rows, &pg);
+    let postgres = scenarios::run(Backend::Postgres, &pg, cli.seconds, &only).await?;
+    let sqlite = scenarios::run(Backend::Sqlite, &pg, cli.seconds, &only).await?;
+    let live: Vec<_> = [&postgres.live, &sqlite.live]
+        .into_iter()
+        .flatten()
+        .collect();
+    let rows: Vec<_> = postgres.rows.iter().chain(&sqlite.rows).collect();
+    let table = report::table(&rows, &live, &pg);
     println!("{table}");
+    report::check_live(&live)?;
     if cli.write {
-        let svg = report::chart(&pg, &postgres, &sqlite)?;
+        let svg = report::chart(&pg, &postgres.hot, &sqlite.hot)?;
         report::write(&table, svg, cli.seconds)?;
     }
     Ok(())

@@ -56,7 +56,12 @@ impl Probe {
 
     /// Peak resident memory of the server so far, in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        peak_rss_mib(self.api.pid() as u32)
+        status_mib(&self.api.pid().to_string(), "VmHWM:")
+    }
+
+    /// Resident memory of the server now, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        status_mib(&self.api.pid().to_string(), "VmRSS:")
     }
 
     /// CPU ticks so far of the server, PostgreSQL and this bench.
@@ -141,12 +146,18 @@ fn top_waits(counts: BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
-/// Peak resident memory of process `pid` so far, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
+/// Peak resident memory of this load generator so far, in MiB.
+pub fn own_peak_rss_mib() -> f64 {
+    status_mib("self", "VmHWM:")
+}
+
+/// A memory figure of process `pid` (a number or `self`) from its `/proc` status, where
+/// `field` (`VmHWM:`, `VmRSS:`) is counted in kB; in MiB, 0 once the process is gone.
+fn status_mib(pid: &str, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|kb| kb.parse::<f64>().ok())

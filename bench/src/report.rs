@@ -1,10 +1,12 @@
-//! What the bench prints and writes: the rows of the results table, the markdown tables,
-//! the chart, and the splice of both into BENCHMARKS.md and benchmarks.svg.
+//! What the bench prints and writes: the rows of the results table, the live-stock
+//! figures, the markdown tables, the chart, and the splice of both into BENCHMARKS.md and
+//! benchmarks.svg.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::{Context, bail};
 use charts_rs::{AxisScale, LineChart, Series};
+use hdrhistogram::Histogram;
 
 use crate::{
     CLIENT_COUNTS,
@@ -36,16 +38,68 @@ pub struct Row {
 /// hot-holds at each client count: (holds/s, p99 ms).
 pub type HotCurve = BTreeMap<usize, (f64, f64)>;
 
-/// The markdown BENCHMARKS.md shows: results, where the time goes, pgbench baselines.
-pub fn table(rows: &[Row], pg: &PgBaselines) -> String {
+/// What live-stock measured on one back end, beyond its two rows of holds.
+pub struct LiveStock {
+    /// The back end's name.
+    pub backend: &'static str,
+    /// Streams held open.
+    pub subscribers: usize,
+    /// How long opening them all took, each until its first event, in seconds.
+    pub connect_secs: f64,
+    /// The server's resident memory after the holds without subscribers, in MiB.
+    pub rss_without_mib: f64,
+    /// … with every subscriber open and nothing changing.
+    pub rss_idle_mib: f64,
+    /// … at the end of the holds with the subscribers open.
+    pub rss_loaded_mib: f64,
+    /// The server's peak resident memory so far, in MiB.
+    pub peak_rss_mib: f64,
+    /// From sending a change to a subscriber reading its event, per (subscriber, change), µs.
+    pub delay_us: Histogram<u64>,
+    /// From the change's answer (it is committed) to the same, µs.
+    pub after_answer_us: Histogram<u64>,
+    /// Round trip of the change requests themselves, µs.
+    pub change_us: Histogram<u64>,
+    /// Changes made.
+    pub changes: u64,
+    /// (subscriber, change) pairs never seen.
+    pub missed: u64,
+    /// Streams lost before the end.
+    pub lost: u64,
+    /// Why the first of them was lost.
+    pub first_lost: Option<String>,
+    /// Product events the server published meanwhile, per second.
+    pub published_per_s: f64,
+    /// Product events the subscribers read meanwhile, all together, per second.
+    pub delivered_per_s: f64,
+    /// Holds per second without the subscribers, and with them.
+    pub holds_per_s: (f64, f64),
+    /// The load generator's own peak resident memory, in MiB.
+    pub bench_rss_mib: f64,
+}
+
+/// Everything measured on one back end.
+pub struct Results {
+    /// The rows of the results table.
+    pub rows: Vec<Row>,
+    /// hot-holds for the chart (empty without hot-holds).
+    pub hot: HotCurve,
+    /// live-stock's figures, when it ran.
+    pub live: Option<LiveStock>,
+}
+
+/// The markdown BENCHMARKS.md shows: results, live stock, where the time goes, pgbench
+/// baselines.
+pub fn table(rows: &[&Row], live: &[&LiveStock], pg: &PgBaselines) -> String {
     let mut t = results(rows);
+    live_stock(&mut t, live);
     profile(&mut t, rows);
     baselines(&mut t, pg);
     t
 }
 
 /// The results table: rate, baseline, ratio, latency percentiles, statuses, RSS, check.
-fn results(rows: &[Row]) -> String {
+fn results(rows: &[&Row]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -78,8 +132,82 @@ fn results(rows: &[Row]) -> String {
     t
 }
 
+/// The live-stock table: the server's memory without and with the subscribers, the delay
+/// from a change to its event, and the hold rate beside them.
+fn live_stock(t: &mut String, live: &[&LiveStock]) {
+    if live.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        t,
+        "\nLive stock: subscribers to one product's stream on one server while holds on that \
+         product run at 64 clients, the product renamed every 500 ms. Delay: from the bench \
+         sending the rename to a subscriber reading the event that carries it, over every \
+         (subscriber, rename) pair; the commit falls between the sending and the answer, \
+         so the delay from the answer (last two delay columns) is a lower bound. RSS: without subscribers, with \
+         them idle, with them under the holds, and the peak.\n"
+    );
+    let _ = writeln!(
+        t,
+        "| back end | subscribers | opened in s | RSS MiB | delay p50 ms | p90 ms | p99 ms | max ms | after the answer: p50 ms | p99 ms | renames (rename p99 ms) | missed | events/s published → read | holds/s without → with | bench RSS MiB |"
+    );
+    let _ = writeln!(
+        t,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    for l in live {
+        let (without, with) = l.holds_per_s;
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} ({:.0}) | {} | {:.1} → {:.0} | {:.0} → {:.0} ({:.2}×) | {:.0} |",
+            l.backend,
+            l.subscribers,
+            l.connect_secs,
+            l.rss_without_mib,
+            l.rss_idle_mib,
+            l.rss_loaded_mib,
+            l.peak_rss_mib,
+            ms(&l.delay_us, 0.5),
+            ms(&l.delay_us, 0.9),
+            ms(&l.delay_us, 0.99),
+            l.delay_us.max() as f64 / 1000.0,
+            ms(&l.after_answer_us, 0.5),
+            ms(&l.after_answer_us, 0.99),
+            l.changes,
+            ms(&l.change_us, 0.99),
+            l.missed,
+            l.published_per_s,
+            l.delivered_per_s,
+            without,
+            with,
+            with / without,
+            l.bench_rss_mib,
+        );
+    }
+}
+
+/// Fails when a live-stock subscriber missed a change or lost its stream: every subscriber
+/// must see every change.
+pub fn check_live(live: &[&LiveStock]) -> anyhow::Result<()> {
+    for l in live {
+        if l.missed > 0 || l.lost > 0 {
+            bail!(
+                "{} live-stock: {} of {} (subscriber, change) pairs missed, {} streams lost \
+                 (the first: {})",
+                l.backend,
+                l.missed,
+                l.changes * l.subscribers as u64,
+                l.lost,
+                l.first_lost.as_deref().unwrap_or("none"),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The profile table: CPU of each process and what PostgreSQL waited on, per row.
-fn profile(t: &mut String, rows: &[Row]) {
+fn profile(t: &mut String, rows: &[&Row]) {
     let _ = writeln!(
         t,
         "\nWhere the time goes: CPU in % of one core (the machine has two), and what \

@@ -1,7 +1,8 @@
 //! Every scenario against one back end, in the order the table shows them: the HTTP
 //! ceiling, hot-holds at each client count, the sellout, product reads, the full flow, the
-//! limited sale (customers with tokens, at most 2 units each) and the crowd before a sale
-//! starts. `--only` narrows a run to some of them ([`Selection`]).
+//! limited sale (customers with tokens, at most 2 units each), the crowd before a sale
+//! starts, and live stock (10,000 event streams beside holds). `--only` narrows a run to
+//! some of them ([`Selection`]).
 //! The full flow goes through the generated SDK (but for the signed webhook); the hot loops
 //! that measure the server's ceiling send raw requests and leave the answers unread (see
 //! [`hold`]), but for the error code of a 409 where a scenario must tell refusals apart
@@ -11,6 +12,7 @@ mod full_flow;
 mod health;
 mod hot_holds;
 mod limited_sale;
+mod live_stock;
 mod pre_sale;
 mod product_read;
 mod sellout;
@@ -25,7 +27,7 @@ use crate::{
     load::{Load, load},
     pgbench::{PgBaselines, Script},
     probes::{CpuShare, Probe},
-    report::{HotCurve, Row},
+    report::{HotCurve, Results, Row},
 };
 
 /// The secret the API checks webhook signatures with.
@@ -48,6 +50,8 @@ pub enum Scenario {
     LimitedSale,
     /// 256 clients holding before the sale starts: every answer 409 `sale_not_started`.
     PreSale,
+    /// 10,000 subscribers to one product's live stock while holds run on it at 64 clients.
+    LiveStock,
 }
 
 /// The scenarios a run measures: every one when none was picked, else the picked ones and
@@ -81,6 +85,16 @@ impl Selection {
         }
     }
 
+    /// Open files the bench and the server each need: live-stock's streams, one
+    /// descriptor each at both ends, and room for the rest.
+    pub fn open_files(&self) -> u64 {
+        if self.runs(Scenario::LiveStock) {
+            live_stock::OPEN_FILES
+        } else {
+            0
+        }
+    }
+
     /// Whether pgbench must run `script` at `clients`: with everything, every baseline at
     /// every client count (the table and the chart show them all); else those a picked row
     /// is divided by.
@@ -99,13 +113,14 @@ impl Selection {
 }
 
 /// Runs the scenarios `only` selects on a fresh `backend` database, `seconds` each: the
-/// table rows and the hot-holds curve for the chart (empty without hot-holds).
+/// table rows, the hot-holds curve for the chart (empty without hot-holds) and
+/// live-stock's figures.
 pub async fn run(
     backend: Backend,
     pg: &PgBaselines,
     seconds: u64,
     only: &Selection,
-) -> anyhow::Result<(Vec<Row>, HotCurve)> {
+) -> anyhow::Result<Results> {
     let bench = Bench::start(backend, seconds).await?;
     let mut rows = Vec::new();
     // Only the rows compared with the ceiling read it, and the ceiling runs with each of them.
@@ -135,7 +150,14 @@ pub async fn run(
     if only.runs(Scenario::PreSale) {
         rows.push(pre_sale::run(&bench, ceiling).await);
     }
-    Ok((rows, hot))
+    // Last: every later row reports the server's peak RSS so far, which its streams raise.
+    let mut live = None;
+    if only.runs(Scenario::LiveStock) {
+        let (live_rows, figures) = live_stock::run(&bench).await?;
+        rows.extend(live_rows);
+        live = Some(figures);
+    }
+    Ok(Results { rows, hot, live })
 }
 
 /// One back end under test: its database, the server on it, the probe watching them and
