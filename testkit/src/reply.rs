@@ -117,6 +117,50 @@ impl TestApp {
         }
     }
 
+    /// POSTs `body` chunked (no length announced) to `path` with `headers`, and asserts it
+    /// is refused 413 `payload_too_large`. The server answers as soon as the limit is
+    /// passed and may close the connection while the client is still writing (a broken
+    /// pipe here), so a few attempts are made, each on a connection of its own: at least
+    /// one must read the 413 and its body.
+    pub async fn assert_chunked_refused_413(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) {
+        for _ in 0..5 {
+            let chunks: Vec<_> = body
+                .chunks(8 * 1024)
+                .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                .collect();
+            let mut req = reqwest::Client::new()
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            match req.send().await {
+                Ok(r) => {
+                    assert_eq!(r.status(), 413);
+                    let body: Value = r.json().await.expect("a JSON error body");
+                    assert_eq!(body["code"], "payload_too_large");
+                    return;
+                }
+                // An early close shows as a broken pipe while writing, or as a connection
+                // that ended before a whole answer could be read.
+                Err(e) => assert!(
+                    ["BrokenPipe", "IncompleteMessage", "ConnectionReset"]
+                        .iter()
+                        .any(|early_close| format!("{e:?}").contains(early_close))
+                        || e.is_body(),
+                    "only an early close is acceptable: {e:?}"
+                ),
+            }
+        }
+        panic!("no chunked attempt read the 413 answer");
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, None, &[]).await

@@ -181,16 +181,13 @@ async fn a_demo_payment_needs_the_shoppers_own_token_and_a_well_formed_body(back
         .await;
     assert_eq!(released.body["status"], "released", "{}", released.body);
     // A chunked body has no length to refuse up front: it is cut at 64 KiB as it arrives.
-    let chunks = (0..20).map(|_| Ok::<_, std::io::Error>(vec![b' '; 8 * 1024]));
-    // On a client of its own: the server closes that connection after its 413.
-    let big = reqwest::Client::new()
-        .post(app.url("/demo/payments"))
-        .header("authorization", bearer(&token))
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(big.status(), 413);
+    let auth = bearer(&token);
+    app.assert_chunked_refused_413(
+        "/demo/payments",
+        &vec![b' '; 160 * 1024],
+        &[("authorization", &auth)],
+    )
+    .await;
     let raw = app
         .request_raw(
             Method::POST,
