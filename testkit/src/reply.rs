@@ -161,6 +161,17 @@ impl TestApp {
         panic!("no chunked attempt read the 413 answer");
     }
 
+    /// The value of the sample `series` (name and labels, as printed) in `GET /metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let r = self.get("/metrics").await;
+        assert_eq!(r.status, 200);
+        let text = r.body.as_str().expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, None, &[]).await

@@ -173,17 +173,6 @@ async fn wait_until_expired(app: &TestApp, hold: i64) {
     );
 }
 
-/// The value of the sample `series` (name and labels, as printed) in `GET /metrics`.
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let r = app.get("/metrics").await;
-    assert_eq!(r.status, 200);
-    let text = r.body.as_str().expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
 async fn a_released_hold_frees_its_units_at_once_and_answers_the_same_again(backend: Backend) {
     let (db, app) = setup!(backend);
     let product = app.create_product(5, 100).await;
@@ -961,7 +950,7 @@ async fn refunds_say_why_the_payment_could_not_be_honoured_oldest_first(backend:
     assert!(!out.contains("reason=hold_released"), "resolved:\n{out}");
     assert!(out.contains("reason=double_charge"), "{out}");
     let series = r#"flashsale_refunds_total{event="resolved"}"#;
-    assert_eq!(metric(&app, series).await, 1.0, "the first resolve counts");
+    assert_eq!(app.metric(series).await, 1.0, "the first resolve counts");
 
     for bad in ["?limit=0", "?limit=501", "?after=not-a-cursor"] {
         as_admin(&app, Method::GET, &format!("/api/admin/refunds{bad}"))
@@ -1118,6 +1107,6 @@ async fn metrics_count_releases_cancellations_and_restocks(backend: Backend) {
         (r#"flashsale_restocks_total{direction="up"}"#, 1.0),
         (r#"flashsale_restocks_total{direction="down"}"#, 1.0),
     ] {
-        assert_eq!(metric(&app, series).await, want, "{series}");
+        assert_eq!(app.metric(series).await, want, "{series}");
     }
 }

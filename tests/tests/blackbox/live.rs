@@ -67,16 +67,6 @@ async fn patch(app: &TestApp, product: i64, body: &Value) {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// The value of the sample `series` in `GET /metrics`.
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let r = app.get("/metrics").await;
-    let text = r.body.as_str().expect("metrics text").to_owned();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
 async fn a_stream_starts_with_the_product_and_follows_each_change(backend: Backend) {
     let (_db, app) = setup!(backend);
     let product = app.create_product(10, 500).await;
@@ -293,28 +283,28 @@ async fn streams_end_and_the_server_exits_cleanly_on_sigterm(backend: Backend) {
 async fn open_streams_are_counted_in_the_metrics(backend: Backend) {
     let (_db, app) = setup!(backend);
     let product = app.create_product(1_000, 500).await;
-    assert_eq!(metric(&app, "flashsale_live_subscribers").await, 0.0);
+    assert_eq!(app.metric("flashsale_live_subscribers").await, 0.0);
     let mut streams = Vec::new();
     for _ in 0..3 {
         let mut s = open(&app, product).await;
         s.next_product(WITHIN).await.expect("first event");
         streams.push(s);
     }
-    assert_eq!(metric(&app, "flashsale_live_subscribers").await, 3.0);
-    let events = metric(&app, "flashsale_live_events_total").await;
+    assert_eq!(app.metric("flashsale_live_subscribers").await, 3.0);
+    let events = app.metric("flashsale_live_events_total").await;
     streams.truncate(1);
     // A server notices a subscriber has gone when it next writes to it: an event, or the
     // keep-alive comment. Changes make it write.
     assert!(
         testkit::eventually(Duration::from_secs(5), || async {
             hold_id(&app.hold_as(None, product, 1, None).await);
-            metric(&app, "flashsale_live_subscribers").await == 1.0
+            app.metric("flashsale_live_subscribers").await == 1.0
         })
         .await,
         "closed streams are still counted"
     );
     assert!(
-        metric(&app, "flashsale_live_events_total").await > events,
+        app.metric("flashsale_live_events_total").await > events,
         "changes published no event"
     );
 }
