@@ -477,20 +477,21 @@ impl Service {
     /// Hold `id` with its current status, if `caller` may see it: a customer's hold is
     /// theirs alone, and to anyone else it does not exist.
     pub async fn hold(&self, id: i64, caller: Option<&CustomerId>) -> Result<HoldView> {
-        let h = hold::Entity::find_by_id(id)
-            .one(&self.db.conn)
-            .await?
-            .filter(|h| may_see(h.customer_id.as_deref(), caller))
-            .ok_or(Error::HoldNotFound(id))?;
-        Ok(HoldView::current(&h, now_ms()))
+        self.hold_if(id, |owner| may_see(owner, caller)).await
     }
 
     /// Hold `id` if it is `customer`'s own: an anonymous hold is nobody's here.
     pub async fn own_hold(&self, id: i64, customer: &CustomerId) -> Result<HoldView> {
+        self.hold_if(id, |owner| owner == Some(customer.as_str()))
+            .await
+    }
+
+    /// Hold `id` with its current status if its owner passes `visible`, else not found.
+    async fn hold_if(&self, id: i64, visible: impl Fn(Option<&str>) -> bool) -> Result<HoldView> {
         let h = hold::Entity::find_by_id(id)
             .one(&self.db.conn)
             .await?
-            .filter(|h| h.customer_id.as_deref() == Some(customer.as_str()))
+            .filter(|h| visible(h.customer_id.as_deref()))
             .ok_or(Error::HoldNotFound(id))?;
         Ok(HoldView::current(&h, now_ms()))
     }
