@@ -54,6 +54,26 @@ impl TestApp {
             .await
     }
 
+    /// `PATCH /api/admin/products/{product}` with the admin token and exactly `body`.
+    pub async fn patch_product(&self, product: i64, body: &Value) -> Reply {
+        let admin = bearer(ADMIN_TOKEN);
+        let path = format!("/api/admin/products/{product}");
+        self.request(
+            Method::PATCH,
+            &path,
+            Some(body),
+            &[("authorization", &admin)],
+        )
+        .await
+    }
+
+    /// The product as served (`GET /api/products/{id}`, asserting 200).
+    pub async fn product_json(&self, product: i64) -> Value {
+        let r = self.get(&format!("/api/products/{product}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+
     /// `POST /api/admin/products` with the admin token and exactly `body`.
     pub async fn post_product(&self, body: &Value) -> Reply {
         let admin = bearer(ADMIN_TOKEN);

@@ -68,19 +68,6 @@ async fn cancel(app: &TestApp, token: Option<&str>, order: i64) -> Reply {
     send_as(app, token, Method::POST, &path).await
 }
 
-/// `PATCH /api/admin/products/{product}` with the admin token and exactly `body`.
-async fn patch(app: &TestApp, product: i64, body: &Value) -> Reply {
-    let admin = bearer(ADMIN_TOKEN);
-    let path = format!("/api/admin/products/{product}");
-    app.request(
-        Method::PATCH,
-        &path,
-        Some(body),
-        &[("authorization", &admin)],
-    )
-    .await
-}
-
 /// `method path` without a body, with the admin token.
 async fn as_admin(app: &TestApp, method: Method, path: &str) -> Reply {
     send_as(app, Some(ADMIN_TOKEN), method, path).await
@@ -97,16 +84,9 @@ async fn new_order(app: &TestApp, product: i64, qty: i64) -> (i64, i64) {
     (hold, order_id(&app.order_as(None, hold).await))
 }
 
-/// The product as served (`GET /api/products/{id}`, asserting 200).
-async fn product_json(app: &TestApp, product: i64) -> Value {
-    let r = app.get(&format!("/api/products/{product}")).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-}
-
 /// `available_stock` of `product` as served.
 async fn available(app: &TestApp, product: i64) -> i64 {
-    product_json(app, product).await["available_stock"]
+    app.product_json(product).await["available_stock"]
         .as_i64()
         .expect("available_stock")
 }
@@ -497,7 +477,9 @@ async fn a_restock_during_a_hold_storm_is_sold_exactly_once(backend: Backend) {
         while answered.load(Ordering::SeqCst) < (step + 1) * 15 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let restocked = patch(&app, product, &json!({ "total_stock": total })).await;
+        let restocked = app
+            .patch_product(product, &json!({ "total_stock": total }))
+            .await;
         assert_eq!(restocked.status, 200, "{}", restocked.body);
         assert_eq!(restocked.body["total_stock"], total);
     }
@@ -510,7 +492,7 @@ async fn a_restock_during_a_hold_storm_is_sold_exactly_once(backend: Backend) {
     for r in replies.iter().filter(|r| r.status != 201) {
         r.assert_error(409, "insufficient_stock");
     }
-    let served = product_json(&app, product).await;
+    let served = app.product_json(product).await;
     let (total, left) = (
         served["total_stock"].as_i64().expect("total_stock"),
         served["available_stock"].as_i64().expect("available_stock"),
@@ -528,16 +510,20 @@ async fn a_restock_during_a_hold_storm_is_sold_exactly_once(backend: Backend) {
     assert_audit(&db.url);
 
     // Units held or sold cannot be taken back: one more than is free is refused whole.
-    let too_many = patch(&app, product, &json!({"total_stock": total - left - 1})).await;
+    let too_many = app
+        .patch_product(product, &json!({"total_stock": total - left - 1}))
+        .await;
     too_many.assert_error(409, "stock_committed");
     let message = too_many.body["message"].as_str().unwrap_or("");
     assert!(
         message.contains(&format!("at most {left} unit(s) can be removed")),
         "{message}"
     );
-    assert_eq!(product_json(&app, product).await, served, "nothing changed");
+    assert_eq!(app.product_json(product).await, served, "nothing changed");
     // Exactly what is free may go.
-    let emptied = patch(&app, product, &json!({"total_stock": total - left})).await;
+    let emptied = app
+        .patch_product(product, &json!({"total_stock": total - left}))
+        .await;
     assert_eq!(emptied.status, 200, "{}", emptied.body);
     assert_eq!(emptied.body["available_stock"], 0);
     assert_audit(&db.url);
@@ -553,14 +539,14 @@ async fn a_stock_reduction_counts_expired_holds_as_free_and_paid_ones_as_committ
     assert_eq!(app.webhook("pinned", paid, "paid").await.status, 202);
     let expiring = new_hold(&app, product, 3).await;
     wait_until_expired(&app, expiring).await;
-    let r = patch(&app, product, &json!({"total_stock": 1})).await;
+    let r = app.patch_product(product, &json!({"total_stock": 1})).await;
     r.assert_error(409, "stock_committed");
     let message = r.body["message"].as_str().unwrap_or("");
     assert!(
         message.contains("at most 4 unit(s) can be removed"),
         "{message}"
     );
-    let r = patch(&app, product, &json!({"total_stock": 2})).await;
+    let r = app.patch_product(product, &json!({"total_stock": 2})).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["available_stock"], 0);
     assert_eq!(available(&app, product).await, 0);
@@ -580,30 +566,34 @@ async fn patch_changes_only_the_fields_it_names_and_null_clears_a_setting(backen
         .await;
     let alice = customer_token("alice");
     hold_id(&app.hold_as(Some(&alice), product, 3, None).await);
-    let before = product_json(&app, product).await;
+    let before = app.product_json(product).await;
 
-    let same = patch(&app, product, &json!({})).await;
+    let same = app.patch_product(product, &json!({})).await;
     assert_eq!(same.status, 200, "{}", same.body);
     assert_eq!(same.body, before, "{{}} changes nothing");
 
-    let renamed = patch(&app, product, &json!({"name": "Drop II"})).await;
+    let renamed = app
+        .patch_product(product, &json!({"name": "Drop II"}))
+        .await;
     assert_eq!(renamed.status, 200, "{}", renamed.body);
     let mut want = before.clone();
     want["name"] = json!("Drop II");
     assert_eq!(renamed.body, want, "only the name changed");
-    assert_eq!(product_json(&app, product).await, want);
+    assert_eq!(app.product_json(product).await, want);
 
-    let restocked = patch(&app, product, &json!({"total_stock": 15})).await;
+    let restocked = app
+        .patch_product(product, &json!({"total_stock": 15}))
+        .await;
     assert_eq!(restocked.status, 200, "{}", restocked.body);
     assert_eq!(restocked.body["total_stock"], 15);
     assert_eq!(restocked.body["available_stock"], 12, "7 free + 5 added");
 
-    let cleared = patch(
-        &app,
-        product,
-        &json!({"sale_ends_at": null, "max_per_customer": null}),
-    )
-    .await;
+    let cleared = app
+        .patch_product(
+            product,
+            &json!({"sale_ends_at": null, "max_per_customer": null}),
+        )
+        .await;
     assert_eq!(cleared.status, 200, "{}", cleared.body);
     assert_eq!(cleared.body["sale_ends_at"], Value::Null);
     assert_eq!(cleared.body["max_per_customer"], Value::Null);
@@ -613,7 +603,7 @@ async fn patch_changes_only_the_fields_it_names_and_null_clears_a_setting(backen
     );
     assert_eq!(cleared.body["name"], "Drop II");
     assert_eq!(cleared.body["price_cents"], 700);
-    assert_eq!(product_json(&app, product).await, cleared.body);
+    assert_eq!(app.product_json(product).await, cleared.body);
     // The limit is gone: an anonymous shopper may hold again.
     hold_id(&app.hold_as(None, product, 1, None).await);
     assert_audit(&db.url);
@@ -625,7 +615,7 @@ async fn patch_refuses_bad_fields_strangers_and_unknown_products(backend: Backen
     let product = app
         .create_sale_product(json!({"sale_starts_at": rfc3339(start)}))
         .await;
-    let before = product_json(&app, product).await;
+    let before = app.product_json(product).await;
     let cases = [
         (json!({"name": null}), "name"),
         (json!({"price_cents": null}), "price_cents"),
@@ -647,12 +637,12 @@ async fn patch_refuses_bad_fields_strangers_and_unknown_products(backend: Backen
         ),
     ];
     for (body, field) in cases {
-        let r = patch(&app, product, &body).await;
+        let r = app.patch_product(product, &body).await;
         r.assert_error(422, "validation_error");
         let message = r.body["message"].as_str().unwrap_or("");
         assert!(message.contains(field), "{body}: names {field}: {message}");
     }
-    assert_eq!(product_json(&app, product).await, before, "nothing changed");
+    assert_eq!(app.product_json(product).await, before, "nothing changed");
 
     let body = json!({"price_cents": 1});
     let path = format!("/api/admin/products/{product}");
@@ -661,23 +651,27 @@ async fn patch_refuses_bad_fields_strangers_and_unknown_products(backend: Backen
             .await
             .assert_error(401, "unauthorized");
     }
-    patch(&app, 999_999, &body)
+    app.patch_product(999_999, &body)
         .await
         .assert_error(404, "product_not_found");
-    assert_eq!(product_json(&app, product).await, before, "nothing changed");
+    assert_eq!(app.product_json(product).await, before, "nothing changed");
 
     // A server that cannot tell customers apart cannot promise a limit per customer.
     let keyless = TestApp::spawn(&db, &[]).await;
-    let r = patch(&keyless, product, &json!({"max_per_customer": 2})).await;
+    let r = keyless
+        .patch_product(product, &json!({"max_per_customer": 2}))
+        .await;
     r.assert_error(422, "validation_error");
-    assert_eq!(product_json(&app, product).await, before, "nothing changed");
+    assert_eq!(app.product_json(product).await, before, "nothing changed");
 }
 
 async fn a_new_price_applies_to_orders_made_after_the_change(backend: Backend) {
     let (db, app) = setup!(backend);
     let product = app.create_product(10, 100).await;
     let (_, before) = new_order(&app, product, 2).await;
-    let repriced = patch(&app, product, &json!({"price_cents": 250})).await;
+    let repriced = app
+        .patch_product(product, &json!({"price_cents": 250}))
+        .await;
     assert_eq!(repriced.status, 200, "{}", repriced.body);
     assert_eq!(repriced.body["price_cents"], 250);
     let hold = new_hold(&app, product, 2).await;
@@ -697,36 +691,36 @@ async fn sale_settings_changed_by_patch_apply_at_once(backend: Backend) {
     let product = app.create_product(10, 100).await;
     new_hold(&app, product, 1).await;
 
-    let later = patch(
-        &app,
-        product,
-        &json!({"sale_starts_at": rfc3339(unix_now() + 3600)}),
-    )
-    .await;
+    let later = app
+        .patch_product(
+            product,
+            &json!({"sale_starts_at": rfc3339(unix_now() + 3600)}),
+        )
+        .await;
     assert_eq!(later.status, 200, "{}", later.body);
     assert_eq!(later.body["sale_state"], "upcoming");
     app.hold_as(None, product, 1, None)
         .await
         .assert_error(409, "sale_not_started");
 
-    let ended = patch(
-        &app,
-        product,
-        &json!({"sale_starts_at": null, "sale_ends_at": rfc3339(unix_now() - 60)}),
-    )
-    .await;
+    let ended = app
+        .patch_product(
+            product,
+            &json!({"sale_starts_at": null, "sale_ends_at": rfc3339(unix_now() - 60)}),
+        )
+        .await;
     assert_eq!(ended.status, 200, "{}", ended.body);
     assert_eq!(ended.body["sale_starts_at"], Value::Null);
     app.hold_as(None, product, 1, None)
         .await
         .assert_error(409, "sale_ended");
 
-    let limited = patch(
-        &app,
-        product,
-        &json!({"sale_ends_at": null, "max_per_customer": 1}),
-    )
-    .await;
+    let limited = app
+        .patch_product(
+            product,
+            &json!({"sale_ends_at": null, "max_per_customer": 1}),
+        )
+        .await;
     assert_eq!(limited.status, 200, "{}", limited.body);
     assert_eq!(limited.body["sale_state"], "live");
     app.hold_as(None, product, 1, None)
@@ -739,7 +733,7 @@ async fn sale_settings_changed_by_patch_apply_at_once(backend: Backend) {
         .assert_error(409, "customer_limit_reached");
 
     assert_eq!(
-        patch(&app, product, &json!({"max_per_customer": null}))
+        app.patch_product(product, &json!({"max_per_customer": null}))
             .await
             .status,
         200
@@ -774,7 +768,7 @@ async fn products_are_listed_in_id_order_page_by_page(backend: Backend) {
     assert_eq!(next, ids[1]);
     assert_eq!(
         body["items"][0],
-        product_json(&app, ids[0]).await,
+        app.product_json(ids[0]).await,
         "items are products as GET /products/{{id}} serves them"
     );
     let (second, next, _) = page(format!("?after={}&limit=2", ids[1])).await;
@@ -1086,13 +1080,13 @@ async fn metrics_count_releases_cancellations_and_restocks(backend: Backend) {
     let (_, order) = new_order(&app, product, 1).await;
     assert_eq!(cancel(&app, None, order).await.status, 200);
     assert_eq!(
-        patch(&app, product, &json!({"total_stock": 12}))
+        app.patch_product(product, &json!({"total_stock": 12}))
             .await
             .status,
         200
     );
     assert_eq!(
-        patch(&app, product, &json!({"total_stock": 11}))
+        app.patch_product(product, &json!({"total_stock": 11}))
             .await
             .status,
         200

@@ -7,8 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use testkit::{
-    ADMIN_TOKEN, Backend, ProductStream, TestApp, bearer, hold_id, on_both_backends, rfc3339,
-    setup, unix_now,
+    Backend, ProductStream, TestApp, hold_id, on_both_backends, rfc3339, setup, unix_now,
 };
 
 on_both_backends!(
@@ -27,13 +26,6 @@ on_both_backends!(
 /// Bound on a change reaching a subscriber: the SPEC's one second, with room for a slow
 /// test machine (the design's own bound is one poll, 500 ms, plus one load).
 const WITHIN: Duration = Duration::from_secs(2);
-
-/// The product as served by `GET /api/products/{id}`.
-async fn product_json(app: &TestApp, product: i64) -> Value {
-    let r = app.get(&format!("/api/products/{product}")).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-}
 
 /// Opens product `product`'s stream, asserting 200.
 async fn open(app: &TestApp, product: i64) -> ProductStream {
@@ -54,16 +46,7 @@ async fn until_available(stream: &mut ProductStream, available: i64) -> Value {
 
 /// `PATCH /api/admin/products/{product}` with `body`, asserting 200.
 async fn patch(app: &TestApp, product: i64, body: &Value) {
-    let admin = bearer(ADMIN_TOKEN);
-    let path = format!("/api/admin/products/{product}");
-    let r = app
-        .request(
-            Method::PATCH,
-            &path,
-            Some(body),
-            &[("authorization", &admin)],
-        )
-        .await;
+    let r = app.patch_product(product, body).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -80,7 +63,7 @@ async fn a_stream_starts_with_the_product_and_follows_each_change(backend: Backe
         .next_product(Duration::from_secs(1))
         .await
         .expect("the first event at once");
-    assert_eq!(first.data, product_json(&app, product).await);
+    assert_eq!(first.data, app.product_json(product).await);
 
     let hold = hold_id(&app.hold_as(None, product, 3, None).await);
     assert_eq!(until_available(&mut stream, 7).await["total_stock"], 10);
@@ -101,7 +84,7 @@ async fn a_stream_starts_with_the_product_and_follows_each_change(backend: Backe
         .await
         .expect("the settings change is pushed");
     assert_eq!(changed.data["available_stock"], 12);
-    assert_eq!(changed.data, product_json(&app, product).await);
+    assert_eq!(changed.data, app.product_json(product).await);
 }
 
 async fn an_unknown_product_has_no_stream(backend: Backend) {
