@@ -15,6 +15,7 @@ mod live;
 mod sales;
 mod spec;
 mod storefront;
+mod storms;
 mod trust;
 mod upgrade;
 mod webhook;
