@@ -95,12 +95,12 @@ impl Config {
                  secrets allow rotation), or pass --dev / DEV_MODE=1 for development"
             );
         }
-        let longest_hold = service::hold_groups::longest_hold_wait_secs(self.database.db_wait_secs);
-        if self.http_request_timeout_secs <= longest_hold {
+        let longest = service::groups::longest_grouped_wait_secs(self.database.db_wait_secs);
+        if self.http_request_timeout_secs <= longest {
             anyhow::bail!(
-                "HTTP_REQUEST_TIMEOUT_SECS ({}) is not longer than a hold request may wait for \
-                 the database ({longest_hold} s, five times DB_WAIT_SECS): its connection could be \
-                 cut while its hold is still being made. Raise HTTP_REQUEST_TIMEOUT_SECS or \
+                "HTTP_REQUEST_TIMEOUT_SECS ({}) is not longer than a grouped request (a hold, an \
+                 order, a payment) may wait for the database ({longest} s, five times \
+                 DB_WAIT_SECS): its connection could be cut while its change is still being made. Raise HTTP_REQUEST_TIMEOUT_SECS or \
                  lower DB_WAIT_SECS",
                 self.http_request_timeout_secs,
             );

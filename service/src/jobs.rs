@@ -1,9 +1,9 @@
 //! Background jobs, their queue, and pushing them. The job types live here, in the crate
 //! both processes share, because apalis names a queue after its job type.
 //!
-//! Jobs are pushed right after the transaction that calls for them commits: apalis pushes
-//! through its own connection, not ours, so a crash between commit and push can lose a
-//! push. Nothing depends on it: expiry is enforced by every query, and the periodic sweep
+//! Jobs are pushed right after the transaction that calls for them commits, on a task of
+//! their own so that no answer waits for them: apalis pushes through its own connection,
+//! not ours, so a crash between commit and push can lose a push. Nothing depends on it: expiry is enforced by every query, and the periodic sweep
 //! finds overdue holds and waiting payments from the data itself.
 
 use std::time::Duration;

@@ -9,6 +9,7 @@ mod cache;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod groups;
 pub mod hold_groups;
 pub mod holds;
 pub mod jobs;
@@ -16,7 +17,9 @@ pub mod letting_go;
 pub mod live;
 pub mod locks;
 pub mod metrics;
+pub mod order_groups;
 pub mod orders;
+pub mod payment_groups;
 pub mod payments;
 pub mod products;
 pub mod refunds;
@@ -49,7 +52,11 @@ pub struct Service {
     /// The push side of the job queue.
     pub jobs: JobQueue,
     /// Unkeyed hold requests waiting for their product's next group.
-    hold_groups: Arc<hold_groups::HoldGroups>,
+    hold_groups: Arc<groups::Groups<hold_groups::HoldGroup>>,
+    /// Order requests waiting for the next order group.
+    order_groups: Arc<groups::Groups<order_groups::OrderGroup>>,
+    /// `paid` events waiting for the next payment group.
+    payment_groups: Arc<groups::Groups<payment_groups::PaymentGroup>>,
     /// This process's memory of every product's sale settings.
     pub sales: Arc<sales::SaleMemory>,
     /// This process's live stock feeds.
@@ -65,6 +72,8 @@ impl Service {
             rules: Arc::new(rules),
             cache: Arc::new(ProductCache::default()),
             hold_groups: Arc::default(),
+            order_groups: Arc::default(),
+            payment_groups: Arc::default(),
             sales: Arc::default(),
             live: Arc::default(),
         }
@@ -81,21 +90,34 @@ impl Service {
         i64::try_from(self.rules.hold_ttl_secs).expect("bounded by config") * 1000
     }
 
-    /// Commits `txn`. `changed`: the product whose public view it changed (stock, or a
-    /// hold that counts as free or not), whose cached answer is invalidated after the
-    /// commit, even when this future is dropped half way, and whose live feed is rung.
+    /// Commits `txn`. `changed`: the products whose public view it changed (stock, or a
+    /// hold that counts as free or not), whose cached answers are invalidated after the
+    /// commit, even when this future is dropped half way, and whose live feeds are rung.
     async fn commit_changing(
         &self,
         txn: crate::db::WriteTxn,
-        changed: Option<i64>,
+        changed: impl IntoIterator<Item = i64>,
     ) -> crate::Result<()> {
-        let _changed = changed.map(|id| ChangedOnDrop {
-            _invalidate: self.cache.invalidate_on_drop(id),
-            live: &self.live,
-            id,
-        });
+        let _changed: Vec<ChangedOnDrop<'_>> = changed
+            .into_iter()
+            .map(|id| ChangedOnDrop {
+                _invalidate: self.cache.invalidate_on_drop(id),
+                live: &self.live,
+                id,
+            })
+            .collect();
         txn.commit().await?;
         Ok(())
+    }
+
+    /// Queues jobs with `push` on a task of its own, off the request's path: the answer
+    /// need not wait for the job's commit. A push that is lost (the process stops first)
+    /// is caught by the sweep, like any failed push.
+    fn push_later<F>(&self, push: impl FnOnce(Service) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(push(self.clone()));
     }
 
     /// How long a pending order may wait for its payment, in milliseconds.

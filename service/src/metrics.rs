@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, core::Collector,
 };
 
 /// Every metric of the process.
@@ -35,8 +35,8 @@ pub struct Metrics {
     pub restocks: IntCounterVec,
     /// Refunds listed to the operator and resolved by them.
     pub refunds: IntCounterVec,
-    /// Hold requests reserved together in one transaction.
-    pub hold_group_size: Histogram,
+    /// Requests run together in one transaction, by kind (hold, order, payment).
+    pub group_size: HistogramVec,
     /// Open live stock streams.
     pub live_subscribers: IntGauge,
     /// Live stock events published, once per product change, whatever the subscribers.
@@ -68,16 +68,19 @@ fn http_latency(registry: &Registry) -> HistogramVec {
     register(registry, h)
 }
 
-/// The histogram of hold group sizes, registered.
-fn hold_group_size(registry: &Registry) -> Histogram {
+/// The histogram of group sizes by kind, registered.
+fn group_size(registry: &Registry) -> HistogramVec {
     let opts = HistogramOpts::new(
-        "hold_group_size",
-        "Hold requests reserved together in one transaction",
+        "group_size",
+        "Requests run together in one transaction, by kind",
     )
     .buckets(vec![
         1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
     ]);
-    register(registry, Histogram::with_opts(opts).expect("valid metric"))
+    register(
+        registry,
+        HistogramVec::new(opts, &["kind"]).expect("valid metric"),
+    )
 }
 
 impl Metrics {
@@ -149,7 +152,7 @@ impl Metrics {
                 "Refunds listed to the operator and resolved (listed, resolved)",
                 &["event"],
             ),
-            hold_group_size: hold_group_size(r),
+            group_size: group_size(r),
             live_subscribers: register(r, live_subscribers),
             live_events: register(r, live_events),
             registry,

@@ -85,8 +85,21 @@ impl OrderView {
 impl Service {
     /// Creates the order for `hold_id` on behalf of `caller`, who must be allowed to see
     /// the hold. Returns it and `true` when the hold already had one (a retry), in which
-    /// case nothing changed.
+    /// case nothing changed. A live hold is ordered in a group
+    /// ([`crate::order_groups`]); anything else runs alone.
     pub async fn create_order(
+        &self,
+        hold_id: i64,
+        caller: Option<&CustomerId>,
+    ) -> Result<(OrderView, bool)> {
+        match self.order_in_group(hold_id, caller).await? {
+            Some(ordered) => Ok(ordered),
+            None => self.create_order_alone(hold_id, caller).await,
+        }
+    }
+
+    /// [`create_order`](Self::create_order) in a transaction of its own.
+    async fn create_order_alone(
         &self,
         hold_id: i64,
         caller: Option<&CustomerId>,
@@ -139,7 +152,10 @@ impl Service {
         // between that instant and this commit may have cached them so.
         self.commit_changing(txn, Some(h.product_id)).await?;
         if early_payment {
-            self.jobs.check_pending_webhook(&self.db, h.id).await;
+            let hold_id = h.id;
+            self.push_later(
+                |svc| async move { svc.jobs.check_pending_webhook(&svc.db, hold_id).await },
+            );
         }
         metrics().orders.with_label_values(&["created"]).inc();
         tracing::debug!(order_id = o.id, hold_id = h.id, "order created");

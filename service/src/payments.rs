@@ -8,8 +8,8 @@ use entity::{
     payment::{self, PaymentOutcome, PaymentStatus},
 };
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
-    sea_query::Expr,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
+    QueryFilter, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +53,7 @@ pub struct PaymentEvent {
     /// The hold paid for.
     pub hold_id: i64,
     /// What the provider says happened.
-    status: PaymentStatus,
+    pub(crate) status: PaymentStatus,
 }
 
 /// The JSON body of a webhook answer, stored so that retries get it byte for byte.
@@ -143,7 +143,7 @@ impl PaymentEvent {
     }
 
     /// Hash of the fields that make two deliveries of one key the same event.
-    fn hash(&self) -> String {
+    pub(crate) fn hash(&self) -> String {
         request_hash(&[
             "payment",
             &self.idempotency_key,
@@ -154,9 +154,25 @@ impl PaymentEvent {
 }
 
 impl Service {
-    /// Records and, when possible, applies one payment event.
+    /// Records and, when possible, applies one payment event. A `paid` event for an
+    /// ordered hold is applied in a group ([`crate::payment_groups`]); anything else runs
+    /// alone.
     pub async fn receive_payment(&self, event: PaymentEvent) -> Result<WebhookReply> {
         let hash = event.hash();
+        if event.status == PaymentStatus::Paid
+            && let Some(reply) = self.pay_in_group(&event, &hash).await?
+        {
+            return Ok(reply);
+        }
+        self.receive_payment_alone(event, hash).await
+    }
+
+    /// [`receive_payment`](Self::receive_payment) in a transaction of its own.
+    async fn receive_payment_alone(
+        &self,
+        event: PaymentEvent,
+        hash: String,
+    ) -> Result<WebhookReply> {
         if let Some(reply) = replay(&self.db.conn, &event.idempotency_key, &hash).await? {
             metrics().replays.with_label_values(&["webhook"]).inc();
             return Ok(reply);
@@ -241,10 +257,11 @@ impl Service {
         self.commit_changing(txn, view_changed.then_some(h.product_id))
             .await?;
         if decision.pinned {
+            let (hold_id, due_ms) = (h.id, h.expires_at_ms);
             // If no order comes before the hold would have expired, the worker makes it.
-            self.jobs
-                .complete_paid_hold(&self.db, h.id, h.expires_at_ms)
-                .await;
+            self.push_later(|svc| async move {
+                svc.jobs.complete_paid_hold(&svc.db, hold_id, due_ms).await
+            });
         }
         count_webhook(event, &decision, &reply.body);
         Ok(Recorded::Reply(reply))
@@ -261,23 +278,23 @@ enum Recorded {
 }
 
 /// What an arriving event comes to, decided under the locks before anything is stored.
-struct Decision {
+pub(crate) struct Decision {
     /// `None`: it waits for the hold's order.
-    verdict: Option<Verdict>,
+    pub verdict: Option<Verdict>,
     /// The order it was settled against and what a refund of it is worth.
-    ledger: Ledger,
+    pub ledger: Ledger,
     /// The answer's `status`: the event's, or for `ignored` the order's.
-    shown_status: String,
+    pub shown_status: String,
     /// Units went back to the product.
-    stock_released: bool,
+    pub stock_released: bool,
     /// The event pinned its hold: it no longer expires, and the product's public view
     /// changed without stock moving.
-    pinned: bool,
+    pub pinned: bool,
 }
 
 impl Decision {
     /// The first answer to `event`.
-    fn reply(&self, event: &PaymentEvent) -> WebhookReply {
+    pub(crate) fn reply(&self, event: &PaymentEvent) -> WebhookReply {
         let outcome = match self.verdict {
             Some(_) => WebhookOutcome::Settled,
             None => WebhookOutcome::AwaitingOrder,
@@ -384,31 +401,44 @@ async fn store_payment(
     reply: &WebhookReply,
     now: i64,
 ) -> Result<()> {
-    payment::ActiveModel {
-        idempotency_key: Set(event.idempotency_key.clone()),
-        hold_id: Set(event.hold_id),
-        status: Set(event.status),
-        request_hash: Set(hash),
-        response_status: Set(reply.outcome.to_stored()),
-        response_body: Set(serde_json::to_string(&reply.body).expect("serialisable")),
-        outcome: Set(decision.verdict.map(|v| v.outcome)),
-        order_id: Set(decision.ledger.order_id),
-        applied_at_ms: Set(decision.verdict.map(|_| now)),
-        created_at_ms: Set(now),
-        refund_reason: Set(decision.verdict.and_then(|v| v.reason)),
-        refund_cents: Set(decision
-            .verdict
-            .and_then(|v| v.reason)
-            .map(|_| decision.ledger.value_cents)),
-        resolved_at_ms: Set(None),
-    }
-    .insert(conn)
-    .await?;
+    new_payment(event, hash, decision, reply, now)
+        .into_active_model()
+        .reset_all()
+        .insert(conn)
+        .await?;
     Ok(())
 }
 
+/// The row that records `event` with its first answer, `reply`, given what it came to.
+pub(crate) fn new_payment(
+    event: &PaymentEvent,
+    hash: String,
+    decision: &Decision,
+    reply: &WebhookReply,
+    now: i64,
+) -> payment::Model {
+    payment::Model {
+        idempotency_key: event.idempotency_key.clone(),
+        hold_id: event.hold_id,
+        status: event.status,
+        request_hash: hash,
+        response_status: reply.outcome.to_stored(),
+        response_body: serde_json::to_string(&reply.body).expect("serialisable"),
+        outcome: decision.verdict.map(|v| v.outcome),
+        order_id: decision.ledger.order_id,
+        applied_at_ms: decision.verdict.map(|_| now),
+        created_at_ms: now,
+        refund_reason: decision.verdict.and_then(|v| v.reason),
+        refund_cents: decision
+            .verdict
+            .and_then(|v| v.reason)
+            .map(|_| decision.ledger.value_cents),
+        resolved_at_ms: None,
+    }
+}
+
 /// Counts the webhook by its state, and flags a payment that must be refunded.
-fn count_webhook(event: &PaymentEvent, decision: &Decision, body: &WebhookBody) {
+pub(crate) fn count_webhook(event: &PaymentEvent, decision: &Decision, body: &WebhookBody) {
     let m = metrics();
     m.webhooks.with_label_values(&[body.state.as_str()]).inc();
     if let Some(reason) = decision.verdict.and_then(|v| v.reason) {
@@ -443,14 +473,20 @@ async fn replay(
     let Some(p) = payment::Entity::find_by_id(key).one(conn).await? else {
         return Ok(None);
     };
+    stored_reply(&p, hash).map(Some)
+}
+
+/// The answer to a retry of the stored event `p` with request hash `hash`: its first
+/// answer, or 409 when the key came with a different event.
+pub(crate) fn stored_reply(p: &payment::Model, hash: &str) -> Result<WebhookReply> {
     if p.request_hash != hash {
         return Err(Error::IdempotencyKeyReused);
     }
-    Ok(Some(WebhookReply {
+    Ok(WebhookReply {
         outcome: WebhookOutcome::from_stored(p.response_status),
         body: serde_json::from_str(&p.response_body).expect("stored answer is valid JSON"),
         replayed: true,
-    }))
+    })
 }
 
 #[cfg(test)]

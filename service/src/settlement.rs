@@ -39,7 +39,7 @@ pub(crate) struct Verdict {
 
 impl Verdict {
     /// The event decided its order's status.
-    const APPLIED: Self = Self {
+    pub const APPLIED: Self = Self {
         outcome: PaymentOutcome::Applied,
         reason: None,
     };

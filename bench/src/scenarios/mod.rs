@@ -44,7 +44,7 @@ pub enum Scenario {
     Sellout,
     /// Cached `GET /products/{id}` of the sold-out product (brings `sellout` along).
     ProductRead,
-    /// Hold → order → signed `paid` webhook at 64 clients.
+    /// Hold → order → signed `paid` webhook at 64 and 256 clients.
     FullFlow,
     /// 256 customers with tokens on a product limited to 2 units each.
     LimitedSale,
@@ -107,7 +107,9 @@ impl Selection {
                 self.picked(Scenario::HotHolds)
                     || (self.picked(Scenario::LimitedSale) && clients == limited_sale::CLIENTS)
             }
-            Script::NaiveHold => self.picked(Scenario::FullFlow) && clients == full_flow::CLIENTS,
+            Script::NaiveHold => {
+                self.picked(Scenario::FullFlow) && full_flow::CLIENTS.contains(&clients)
+            }
         }
     }
 }
@@ -142,7 +144,9 @@ pub async fn run(
         }
     }
     if only.runs(Scenario::FullFlow) {
-        rows.push(full_flow::run(&bench, pg).await?);
+        for clients in full_flow::CLIENTS {
+            rows.push(full_flow::run(&bench, pg, clients).await?);
+        }
     }
     if only.runs(Scenario::LimitedSale) {
         rows.push(limited_sale::run(&bench, pg).await?);
