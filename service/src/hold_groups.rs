@@ -56,10 +56,7 @@ impl Grouped for HoldGroup {
             .collect();
         if let Some(&(_, expires_at_ms)) = created.first() {
             let ids = created.iter().map(|(id, _)| *id).collect();
-            // Off the leader's path too: the next group need not wait for the job's commit.
-            svc.push_later(|svc| async move {
-                svc.jobs.expire_holds(&svc.db, ids, expires_at_ms).await
-            });
+            svc.jobs.expire_holds(&svc.db, ids, expires_at_ms);
         }
         Ok(decisions)
     }

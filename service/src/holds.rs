@@ -347,8 +347,8 @@ impl Service {
         .insert(&*txn)
         .await?;
         self.commit_changing(txn, Some(req.product_id)).await?;
-        let (ids, due_ms) = (vec![hold.id], hold.expires_at_ms);
-        self.push_later(|svc| async move { svc.jobs.expire_holds(&svc.db, ids, due_ms).await });
+        self.jobs
+            .expire_holds(&self.db, vec![hold.id], hold.expires_at_ms);
         tracing::debug!(
             hold_id = hold.id,
             product_id = hold.product_id,

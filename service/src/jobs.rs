@@ -1,12 +1,17 @@
 //! Background jobs, their queue, and pushing them. The job types live here, in the crate
 //! both processes share, because apalis names a queue after its job type.
 //!
-//! Jobs are pushed right after the transaction that calls for them commits, on a task of
-//! their own so that no answer waits for them: apalis pushes through its own connection,
+//! Jobs are pushed after the transaction that calls for them commits, on a task of their
+//! own so that no answer waits for them (`ExpireHold` within a quarter second, one job for
+//! all the holds due in the same second): apalis pushes through its own connection,
 //! not ours, so a crash between commit and push can lose a push. Nothing depends on it: expiry is enforced by every query, and the periodic sweep
 //! finds overdue holds and waiting payments from the data itself.
 
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use apalis::prelude::{Task, TaskBuilder, TaskSink};
 use apalis_postgres::PostgresStorage;
@@ -77,7 +82,17 @@ pub const MAX_ATTEMPTS: usize = 10;
 pub struct JobQueue {
     expire: Storage<ExpireHold>,
     check: Storage<CheckPendingWebhook>,
+    /// Holds whose expiry is yet to be scheduled, by the second their job is due.
+    expiring: Arc<Mutex<BTreeMap<u64, Vec<i64>>>>,
 }
+
+/// How long holds gather before their expiry is scheduled: every hold that expires in one
+/// second shares one job, instead of each group of holds pushing its own (a transaction
+/// of its own, as many as the groups).
+const EXPIRY_BATCH: Duration = Duration::from_millis(250);
+
+/// Most holds in one `ExpireHold` job: the job names them all in one statement.
+const MAX_HOLDS_PER_JOB: usize = 512;
 
 impl std::fmt::Debug for JobQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,16 +110,51 @@ impl JobQueue {
         Self {
             expire: Storage::new(db),
             check: Storage::new(db),
+            expiring: Arc::default(),
         }
     }
 
-    /// Schedules the expiry of holds `hold_ids`, all due at `expires_at_ms`.
-    pub async fn expire_holds(&self, db: &Db, hold_ids: Vec<i64>, expires_at_ms: i64) {
+    /// Schedules the expiry of holds `hold_ids`, all due at `expires_at_ms`, within
+    /// [`EXPIRY_BATCH`], together with the other holds due in the same second.
+    pub fn expire_holds(&self, db: &Db, hold_ids: Vec<i64>, expires_at_ms: i64) {
+        let first = {
+            let mut expiring = self.expiring.lock().unwrap_or_else(PoisonError::into_inner);
+            let first = expiring.is_empty();
+            expiring
+                .entry(due_at(expires_at_ms))
+                .or_default()
+                .extend(hold_ids);
+            first
+        };
+        // The first holds of a batch start its push; the others join it meanwhile.
+        if first {
+            let (queue, db) = (self.clone(), db.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(EXPIRY_BATCH).await;
+                queue.push_expiring(&db).await;
+            });
+        }
+    }
+
+    /// Pushes one `ExpireHold` job per due second (and per [`MAX_HOLDS_PER_JOB`]) for the
+    /// holds gathered so far.
+    async fn push_expiring(&self, db: &Db) {
+        let batch =
+            std::mem::take(&mut *self.expiring.lock().unwrap_or_else(PoisonError::into_inner));
+        for (due, hold_ids) in batch {
+            for chunk in hold_ids.chunks(MAX_HOLDS_PER_JOB) {
+                self.push_expiry(db, chunk.to_vec(), due).await;
+            }
+        }
+    }
+
+    /// Pushes the `ExpireHold` job of holds `hold_ids`, due at `due` (Unix seconds).
+    async fn push_expiry(&self, db: &Db, hold_ids: Vec<i64>, due: u64) {
         let Some(&hold_id) = hold_ids.first() else {
             return;
         };
         let task = TaskBuilder::new(ExpireHold { hold_ids })
-            .run_at_timestamp(due_at(expires_at_ms))
+            .run_at_timestamp(due)
             // A hold is in one job only, so its first hold names the job.
             .idempotency_key(format!("expire-holds-{hold_id}"))
             .max_attempts(MAX_ATTEMPTS)
