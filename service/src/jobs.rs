@@ -3,9 +3,10 @@
 //!
 //! Jobs are pushed after the transaction that calls for them commits, on a task of their
 //! own so that no answer waits for them (`ExpireHold` within a quarter second, one job for
-//! all the holds due in the same second): apalis pushes through its own connection,
-//! not ours, so a crash between commit and push can lose a push. Nothing depends on it: expiry is enforced by every query, and the periodic sweep
-//! finds overdue holds and waiting payments from the data itself.
+//! all the holds due in the same second): apalis pushes through its own connection, not
+//! ours, so a crash between commit and push can lose a push. Nothing depends on it: expiry
+//! is enforced by every query, and the periodic sweep finds overdue holds and waiting
+//! payments from the data itself.
 
 use std::{
     collections::BTreeMap,
